@@ -1,0 +1,66 @@
+"""nucdet's additions to the detectron2 config: every new key, one comment each.
+
+``add_nucdet_config(cfg)`` is called by every entry point right after ``get_cfg()`` and
+before ``merge_from_file``. Keys are grouped by the module that reads them.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_nucdet_config(cfg: CN) -> CN:
+    """Add nucdet keys (with defaults that keep detectron2's behaviour) to ``cfg``."""
+    _C = cfg
+
+    # ---- data: registration (nucdet.data.register) -------------------------------------
+    # Predefined dataset root; empty = $NUCDET_DATASETS, else ./datasets.
+    _C.DATASETS.ROOT = ""
+    # Extra COCO datasets registered at set-up: list of [name, json_file, image_root].
+    _C.DATASETS.REGISTER = []
+
+    # ---- data: mapper and augmentation (nucdet.data.mapper, nucdet.data.augment) ---------
+    # Dataset mapper by name in nucdet.data.mapper.MAPPER_REGISTRY.
+    _C.INPUT.MAPPER = "NucleiDatasetMapper"
+    _C.INPUT.AUG = CN()
+    _C.INPUT.AUG.HFLIP_PROB = 0.5  # horizontal flip probability
+    _C.INPUT.AUG.VFLIP_PROB = 0.5  # vertical flip probability
+    _C.INPUT.AUG.ROT90 = True  # random rotation by k*90 degrees, k uniform in 0..3
+    _C.INPUT.AUG.SCALE_JITTER = (1.0, 1.0)  # (min, max) resize factor applied before the crop
+    _C.INPUT.AUG.BRIGHTNESS = (1.0, 1.0)  # (min, max) intensity factor; (1, 1) = off
+    _C.INPUT.AUG.CONTRAST = (1.0, 1.0)  # (min, max) contrast factor; (1, 1) = off
+    _C.INPUT.AUG.SATURATION = (1.0, 1.0)  # (min, max) saturation factor; (1, 1) = off
+    _C.INPUT.AUG.BLUR_PROB = 0.0  # probability of a gaussian blur
+    _C.INPUT.AUG.BLUR_SIGMA = (0.5, 1.5)  # (min, max) blur sigma in pixels
+    _C.INPUT.AUG.NOISE_PROB = 0.0  # probability of additive gaussian noise
+    _C.INPUT.AUG.NOISE_STD = (0.0, 8.0)  # (min, max) noise std on the 0..255 scale
+    # Pixel normalisation: "detectron2" (MODEL.PIXEL_MEAN/STD as given), "imagenet", or
+    # "dataset" (mean/std of INPUT.DATASET_STATS, written by `python -m nucdet.data.stats`).
+    _C.INPUT.NORMALIZATION = "detectron2"
+    _C.INPUT.DATASET_STATS = ""  # JSON file with {"mean": [..], "std": [..]} in BGR order
+
+    # ---- training (nucdet.engine) -------------------------------------------------------
+    _C.SOLVER.BEST_CHECKPOINT = CN()
+    # Metric key in the evaluation results (flattened "task/key") that selects the best model.
+    _C.SOLVER.BEST_CHECKPOINT.METRIC = "segm/MaP-IoU"
+    _C.SOLVER.BEST_CHECKPOINT.MODE = "max"  # "max" or "min"
+    # Parameter names matching any of these regexes are frozen (staged fine-tuning).
+    _C.SOLVER.FREEZE_PATTERNS = []
+
+    # ---- evaluation (nucdet.evaluation) -------------------------------------------------
+    # Detections per image counted by COCO AP (pycocotools maxDets); COCO's 100 is too few.
+    _C.TEST.EVAL_MAX_DETS = 1000
+    # Metrics the NucleiEvaluator computes: any of "map_iou", "coco", "voc", "glas", "count".
+    _C.TEST.METRICS = ["map_iou", "coco"]
+
+    # ---- inference and post-processing (nucdet.inference) ------------------------------
+    _C.POSTPROCESS = CN()
+    # Score threshold per class (one value, or one per class in thing_classes order).
+    _C.POSTPROCESS.SCORE_THRESH = [0.5]
+    _C.POSTPROCESS.MIN_AREA = [0]  # minimum mask area in pixels, one value or one per class
+    _C.POSTPROCESS.MASK_THRESH = 0.5  # mask probability threshold
+    _C.POSTPROCESS.REMOVE_OVERLAP = True  # assign contested pixels to the higher score
+    _C.POSTPROCESS.MAJORITY_CLASS = False  # relabel all instances with the image's majority
+    _C.POSTPROCESS.FILL_HOLES = False  # fill holes inside each mask
+    _C.POSTPROCESS.MIN_FRAGMENT = 0  # drop connected pieces smaller than this (0 = keep all)
+    return cfg

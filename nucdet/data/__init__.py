@@ -1,0 +1,1 @@
+"""Datasets: converters to COCO, folds, registration, mappers and augmentations."""

@@ -1,0 +1,1 @@
+"""File formats: RLE codecs, atomic file writes and submission writers/readers."""
