@@ -1,0 +1,248 @@
+"""Kaggle Sartorius ``train.csv`` (+ ``train/<id>.png``) <-> COCO instance JSON.
+
+The CSV has one row per cell: ``id`` (the image id), ``annotation`` (Kaggle RLE, 1-indexed
+starts, ROW-major pixel order over height x width), ``width``, ``height``, ``cell_type``
+and the sample metadata ``plate_time``, ``sample_date``, ``sample_id``,
+``elapsed_timedelta``. ``sartorius_to_coco`` keeps every mask as drawn (training masks
+overlap and stay overlapping), makes one category per ``cell_type`` (sorted names unless
+``categories`` fixes them; the mapping is the ``categories`` list of the output) and copies
+the metadata and ``cell_type`` into each COCO image entry, where folds and per-type
+evaluation read them. ``file_name`` is ``<id>.png`` relative to the image folder.
+
+Everything is validated before anything is written: a missing or unreadable image, an
+RLE that is malformed or runs past the end of its image, and width/height columns that
+disagree with the image file each raise an error naming the CSV line and the image file.
+
+``coco_to_sartorius_csv`` writes the reverse (one row per annotation, same columns), for
+round trips and for exporting predictions of other formats in the Sartorius layout.
+RLE strings are converted straight to COCO RLE through pixel indices, never through a
+full-image array per cell (73k cells would take minutes that way).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from nucdet.data.coco import CocoBuilder, load_coco
+from nucdet.data.imageio import image_size
+from nucdet.data.labels import add_annotations, sorted_indices_to_annotation
+from nucdet.io.atomic import atomic_open
+from nucdet.io.rle import coco_rle_to_mask, rle_encode
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
+META_COLUMNS = ("plate_time", "sample_date", "sample_id", "elapsed_timedelta")
+CSV_COLUMNS = REQUIRED_COLUMNS + META_COLUMNS
+# Image-level keys copied from the first CSV row of each image into its COCO image entry.
+IMAGE_KEYS = ("sample_id", "plate_time", "sample_date", "elapsed_timedelta", "cell_type")
+
+
+class SartoriusFormatError(ValueError):
+    """A Sartorius CSV row disagrees with the format or with its image."""
+
+
+def kaggle_rle_runs(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validated 0-based starts and lengths of a Kaggle RLE string over ``shape``.
+
+    Same rules and messages as ``nucdet.io.rle.rle_decode`` (odd token count, start below
+    1, non-positive length, run past the end of the image, unsorted/overlapping runs).
+    """
+    n = int(shape[0]) * int(shape[1])
+    text = "" if rle is None else str(rle).strip()
+    if not text or text.lower() == "nan":
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    try:
+        runs = np.array(text.split(), dtype=np.int64)
+    except ValueError as e:
+        raise ValueError(f"RLE has a non-integer token: {e}") from None
+    if len(runs) % 2:
+        raise ValueError(f"RLE has an odd number of values ({len(runs)})")
+    starts, lengths = runs[0::2] - 1, runs[1::2]
+    if (starts < 0).any():
+        raise ValueError("RLE start below 1 (starts are 1-indexed)")
+    if (lengths <= 0).any():
+        raise ValueError("RLE has a run length <= 0")
+    ends = starts + lengths
+    if ends.max() > n:
+        raise ValueError(
+            f"RLE runs past the end of the image ({int(ends.max())} > {shape[0]}x{shape[1]}={n})"
+        )
+    if len(starts) > 1 and (starts[1:] < ends[:-1]).any():
+        raise ValueError("RLE runs are unsorted or overlap")
+    return starts, lengths
+
+
+def kaggle_rle_to_indices(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
+    """Sorted column-major pixel indices (``col * h + row``) of a Kaggle RLE string."""
+    h, w = int(shape[0]), int(shape[1])
+    starts, lengths = kaggle_rle_runs(rle, (h, w))
+    if starts.size == 0:
+        return starts
+    # Expand runs to pixel indices without a Python loop: arange minus per-run offsets.
+    offsets = np.cumsum(lengths) - lengths
+    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    if order == "F":
+        return flat
+    if order != "C":
+        raise ValueError(f"RLE order must be 'C' or 'F', got {order!r}")
+    rows, cols = np.divmod(flat, w)
+    return np.sort(cols * h + rows)
+
+
+def read_sartorius_csv(csv_file: str | os.PathLike) -> pd.DataFrame:
+    """Read the CSV as strings (metadata kept verbatim) and check its columns."""
+    csv_file = Path(csv_file)
+    if not csv_file.is_file():
+        raise FileNotFoundError(f"Sartorius CSV not found: {csv_file}")
+    try:
+        df = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise SartoriusFormatError(f"{csv_file}: not a readable CSV ({e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise SartoriusFormatError(f"{csv_file}: missing columns {missing}")
+    return df
+
+
+def _line(df_index: int) -> int:
+    """1-based line of a data row in the file (line 1 is the header)."""
+    return int(df_index) + 2
+
+
+def sartorius_to_coco(
+    csv_file: str | os.PathLike,
+    out_json: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    image_ids: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    image_ext: str = ".png",
+    workers: int = 2,
+) -> Path:
+    """Convert a Sartorius CSV to COCO JSON (see module docstring); returns ``out_json``.
+
+    Args:
+        csv_file: ``train.csv``.
+        out_json: output path, written atomically and only when every row is valid.
+        image_dir: folder of ``<id><image_ext>``; default ``<csv folder>/train``.
+        image_ids: convert only these image ids (in this order); default all, CSV order.
+        categories: category names in id order; default the sorted ``cell_type`` values.
+        workers: threads reading image files (to get and validate their size).
+    """
+    csv_file = Path(csv_file)
+    image_dir = Path(image_dir) if image_dir is not None else csv_file.parent / "train"
+    df = read_sartorius_csv(csv_file)
+    rows_of = {k: v for k, v in df.groupby("id", sort=False).indices.items()}
+    ids = list(rows_of) if image_ids is None else [str(i) for i in image_ids]
+    unknown = [i for i in ids if i not in rows_of]
+    if unknown:
+        raise SartoriusFormatError(f"{csv_file}: no rows for image ids {unknown[:5]}")
+
+    used = sorted({df["cell_type"].iat[r] for i in ids for r in rows_of[i]})
+    names = list(categories) if categories is not None else used
+    cat_of = {n: k + 1 for k, n in enumerate(names)}
+
+    def where(r: int, image_id: str) -> str:
+        return (
+            f"{csv_file} line {_line(r)} (image {image_id}, {image_dir / (image_id + image_ext)})"
+        )
+
+    def size_of(image_id: str) -> tuple[int, int]:
+        path = image_dir / f"{image_id}{image_ext}"
+        try:
+            return image_size(path)
+        except OSError as e:  # missing or undecodable: name the CSV row that needs it
+            first = int(rows_of[image_id][0])
+            raise type(e)(f"{e} (needed by {csv_file} line {_line(first)})") from e
+
+    annotation = df["annotation"].to_numpy()
+    builder = CocoBuilder(names, info={"source": str(csv_file), "format": "sartorius"})
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        sizes = pool.map(size_of, ids)
+        for image_id, (h, w) in tqdm(zip(ids, sizes), total=len(ids), desc="sartorius->coco"):
+            rows = rows_of[image_id]
+            anns = []
+            for r in rows:
+                for col, expected in (("height", h), ("width", w)):
+                    value = df[col].iat[r]
+                    try:
+                        ok = int(value) == expected
+                    except ValueError:
+                        raise SartoriusFormatError(
+                            f"{where(r, image_id)}: {col} {value!r} is not an integer"
+                        ) from None
+                    if not ok:
+                        raise SartoriusFormatError(
+                            f"{where(r, image_id)}: {col} {value} disagrees with the image "
+                            f"file size {h}x{w} (height x width)"
+                        )
+                cell_type = df["cell_type"].iat[r]
+                if cell_type not in cat_of:
+                    raise SartoriusFormatError(
+                        f"{where(r, image_id)}: cell_type {cell_type!r} not in {names}"
+                    )
+                try:
+                    idx = kaggle_rle_to_indices(annotation[r], (h, w), order="C")
+                except ValueError as e:
+                    raise SartoriusFormatError(f"{where(r, image_id)}: {e}") from None
+                if idx.size:  # an empty annotation marks an image without cells
+                    anns.append(sorted_indices_to_annotation(idx, h, w, cat_of[cell_type]))
+            first = rows[0]
+            extra = {k: df[k].iat[first] for k in IMAGE_KEYS if k in df.columns}
+            types = set(df["cell_type"].iloc[rows])
+            if len(types) > 1:
+                logger.warning("image %s has several cell types %s", image_id, sorted(types))
+            image_key = builder.add_image(f"{image_id}{image_ext}", h, w, **extra)
+            add_annotations(builder, image_key, anns)
+    logger.info(
+        "%s: %d images, %d cells, categories %s",
+        csv_file,
+        len(builder.images),
+        len(builder.annotations),
+        cat_of,
+    )
+    return builder.write(out_json)
+
+
+def coco_to_sartorius_csv(coco_json: str | os.PathLike, out_csv: str | os.PathLike) -> Path:
+    """Write a COCO instance JSON as a Sartorius-style CSV (one row per annotation).
+
+    ``id`` is the stem of ``file_name``, ``cell_type`` the category name, the metadata
+    columns come from the image entries (empty when absent). An image without annotations
+    gets one row with an empty ``annotation``, so it survives a round trip.
+    """
+    coco = load_coco(coco_json)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    anns_of: dict[int, list[dict]] = {}
+    for a in coco.get("annotations", []):
+        anns_of.setdefault(a["image_id"], []).append(a)
+    with atomic_open(out_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for img in tqdm(coco["images"], desc="coco->sartorius"):
+            h, w = int(img["height"]), int(img["width"])
+            meta = [str(img.get(k, "")) for k in META_COLUMNS]
+            image_id = Path(img["file_name"]).stem
+            anns = anns_of.get(img["id"], [])
+            if not anns:
+                writer.writerow([image_id, "", w, h, img.get("cell_type", "")] + meta)
+            for a in anns:
+                mask = coco_rle_to_mask(a["segmentation"])
+                if mask.shape != (h, w):
+                    raise ValueError(
+                        f"{coco_json}: annotation {a.get('id')} of {img['file_name']} has "
+                        f"mask size {mask.shape}, image is {(h, w)}"
+                    )
+                writer.writerow(
+                    [image_id, rle_encode(mask, order="C"), w, h, names[a["category_id"]]] + meta
+                )
+    return Path(out_csv)
