@@ -24,8 +24,13 @@ def _check_order(order: str) -> None:
         raise ValueError(f"RLE order must be 'C' (row-major) or 'F' (column-major), got {order!r}")
 
 
-def rle_encode(mask: np.ndarray, order: str = "C") -> str:
-    """Encode a 2-D binary mask as a Kaggle RLE string (1-indexed starts)."""
+def rle_encode(mask: np.ndarray, order: str = "C", offset: int = 0) -> str:
+    """Encode a 2-D binary mask as a Kaggle RLE string (1-indexed starts).
+
+    ``offset`` is added to every start: encoding the band of rows ``y0:y1`` of a full
+    mask in C order (or the columns ``x0:x1`` in F order) with ``offset = y0 * width``
+    (``x0 * height``) gives the full mask's string without scanning the rest.
+    """
     _check_order(order)
     if mask.ndim != 2:
         raise ValueError(f"rle_encode expects a 2-D mask, got shape {mask.shape}")
@@ -34,9 +39,35 @@ def rle_encode(mask: np.ndarray, order: str = "C") -> str:
     changes = np.flatnonzero(padded[1:] != padded[:-1])
     starts, ends = changes[0::2], changes[1::2]
     runs = np.empty(2 * len(starts), dtype=np.int64)
-    runs[0::2] = starts + 1
+    runs[0::2] = starts + 1 + offset
     runs[1::2] = ends - starts
     return " ".join(map(str, runs.tolist()))
+
+
+def coco_rle_to_kaggle(rle: dict, order: str = "C") -> str:
+    """Kaggle RLE string of a full-image COCO RLE, encoding only the mask's row/column band."""
+    _check_order(order)
+    c_rle = _c_rle(rle)
+    h, w = c_rle["size"]
+    x, y, bw, bh = mask_utils.toBbox(c_rle)
+    if bw == 0 or bh == 0:
+        return ""
+    m = mask_utils.decode(c_rle)
+    if order == "C":
+        y0, y1 = int(y), int(y + bh)
+        return rle_encode(m[y0:y1], "C", offset=y0 * w)
+    x0, x1 = int(x), int(x + bw)
+    return rle_encode(m[:, x0:x1], "F", offset=x0 * h)
+
+
+def _c_rle(rle: dict) -> dict:
+    """The RLE with ``counts`` as pycocotools wants it (bytes for compressed strings)."""
+    if isinstance(rle.get("counts"), str):
+        return {"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")}
+    if isinstance(rle.get("counts"), list):
+        h, w = rle["size"]
+        return mask_utils.frPyObjects(rle, h, w)
+    return rle
 
 
 def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
@@ -86,9 +117,4 @@ def mask_to_coco_rle(mask: np.ndarray) -> dict:
 
 def coco_rle_to_mask(rle: dict) -> np.ndarray:
     """Decode a COCO RLE (compressed or uncompressed counts) into a boolean HxW mask."""
-    if isinstance(rle.get("counts"), list):
-        h, w = rle["size"]
-        rle = mask_utils.frPyObjects(rle, h, w)
-    elif isinstance(rle.get("counts"), str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+    return mask_utils.decode(_c_rle(rle)).astype(bool)

@@ -1,0 +1,234 @@
+"""Dataset registration: COCO JSON + image root -> detectron2 catalogs, under a name.
+
+- ``register_coco(name, json_file, image_root, **metadata)`` registers any COCO instance
+  file (RLE or polygon masks). Registering the same name again with the same files is a
+  no-op; with other files it replaces the entry (with a log line), so notebooks and
+  re-imports never fail on "already registered".
+- ``register_all(cfg)`` registers the predefined table and ``cfg.DATASETS.REGISTER``. Entry
+  points call it inside ``setup()``, never at import time, so multi-process launch works.
+- Predefined datasets are built lazily from their source format on first use and cached
+  as COCO JSON under ``$NUCDET_CACHE`` (default ``~/.cache/nucdet``), keyed by a
+  fingerprint of the source files: the cache is rebuilt when the source changes.
+
+Predefined names (root = ``cfg.DATASETS.ROOT`` or ``$NUCDET_DATASETS`` or ``./datasets``):
+
+=================================  =============================================
+``dsb2018_sample_{train,val,all}``   bundled sample, ``data/dsb2018_sample``
+``dsb2018_{all}``                    ``<root>/dsb2018/stage1_train``
+``dsb2018_fold{k}_{train,val}``      k = 0..4, grouped by image, stratified by modality
+=================================  =============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from nucdet.data.coco import load_coco
+
+logger = logging.getLogger(__name__)
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+SAMPLE_ROOT = REPO_DATA / "dsb2018_sample"
+NUM_FOLDS = 5
+IMAGE_EXTRA_KEYS = ("modality", "cell_type", "sample_id", "plate_time", "sample_date",
+                    "elapsed_timedelta")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NUCDET_CACHE", Path.home() / ".cache" / "nucdet"))
+
+
+def datasets_root(cfg: Any = None) -> Path:
+    root = getattr(getattr(cfg, "DATASETS", None), "ROOT", "") if cfg is not None else ""
+    return Path(root or os.environ.get("NUCDET_DATASETS", "datasets"))
+
+
+def coco_to_dicts(coco: dict, image_root: str | os.PathLike, source: str = "") -> list[dict]:
+    """COCO instance dict -> detectron2 dataset dicts (contiguous 0-based category ids).
+
+    Image-level extras (modality, cell_type, sample_id, ...) are carried over for
+    per-group evaluation.
+    """
+    image_root = Path(image_root)
+    cat_ids = sorted(c["id"] for c in coco["categories"])
+    contiguous = {c: i for i, c in enumerate(cat_ids)}
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco.get("annotations", []):
+        if ann["category_id"] not in contiguous:
+            raise ValueError(f"{source}: annotation {ann.get('id')} has unknown category "
+                             f"{ann['category_id']}")
+        by_image.setdefault(ann["image_id"], []).append(
+            {
+                "bbox": ann["bbox"],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": contiguous[ann["category_id"]],
+                "segmentation": ann["segmentation"],
+                "iscrowd": ann.get("iscrowd", 0),
+            }
+        )
+    dicts = []
+    for img in coco["images"]:
+        d = {
+            "file_name": str(image_root / img["file_name"]),
+            "height": img["height"],
+            "width": img["width"],
+            "image_id": img["id"],
+            "annotations": by_image.get(img["id"], []),
+        }
+        d.update({k: img[k] for k in IMAGE_EXTRA_KEYS if k in img})
+        dicts.append(d)
+    return dicts
+
+
+def _thing_classes(coco: dict) -> list[str]:
+    return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+
+
+def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike,
+                  **metadata: Any) -> None:
+    """Register a COCO instance JSON under ``name`` (idempotent, see module docstring)."""
+    json_file, image_root = str(json_file), str(image_root)
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("json_file") == json_file and meta.get("image_root") == image_root:
+            return
+        logger.info("re-registering dataset %s with %s", name, json_file)
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    if "thing_classes" not in metadata:
+        metadata["thing_classes"] = _thing_classes(load_coco(json_file))
+    DatasetCatalog.register(
+        name, lambda: coco_to_dicts(load_coco(json_file), image_root, source=json_file)
+    )
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="nuclei", **metadata
+    )
+
+
+def register_lazy(name: str, build: Callable[[], tuple[Path, Path]], thing_classes: list[str],
+                  **metadata: Any) -> None:
+    """Register ``name`` whose COCO file is produced by ``build()`` on first use.
+
+    ``build`` returns ``(json_file, image_root)``; it is called when the dataset is loaded,
+    so registering a predefined dataset whose source is absent costs nothing.
+    """
+    if name in DatasetCatalog.list():
+        return
+
+    def load() -> list[dict]:
+        json_file, image_root = build()
+        MetadataCatalog.get(name).set(json_file=str(json_file))
+        return coco_to_dicts(load_coco(json_file), image_root, source=str(json_file))
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(thing_classes=list(thing_classes), evaluator_type="nuclei",
+                                  **metadata)
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Hash of the names, sizes and mtimes of every file below ``paths``."""
+    h = hashlib.sha1()
+    for top in paths:
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(top.parent)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_build(tag: str, sources: list[Path], build: Callable[[Path], Any]) -> Path:
+    """Return the cached output of ``build(path)`` for ``sources``; rebuild when they change."""
+    path = cache_dir() / f"{tag}-{fingerprint(sources)}.json"
+    if not path.is_file():
+        logger.info("building %s from %s", path, [str(s) for s in sources])
+        build(path)
+    return path
+
+
+def split_folds(ids_by_group: dict[str, str], k: int = NUM_FOLDS) -> dict[str, int]:
+    """Deterministic grouped, stratified fold of every id: ids of each stratum are ordered
+    by a hash of the id and dealt round-robin to the k folds."""
+    folds: dict[str, int] = {}
+    strata: dict[str, list[str]] = {}
+    for i, s in ids_by_group.items():
+        strata.setdefault(s, []).append(i)
+    offset = 0
+    for s in sorted(strata):
+        ordered = sorted(strata[s], key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+        for rank, i in enumerate(ordered):
+            folds[i] = (rank + offset) % k
+        offset += len(ordered)
+    return folds
+
+
+def _dsb_builder(root: Path, tag: str, select: Callable[[dict], list[str]] | None):
+    from nucdet.data.dsb import dsb_to_coco, list_dsb_ids
+
+    samples_json = root.parent / "samples.json"
+
+    def build() -> tuple[Path, Path]:
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"dataset {tag}: {root} not found (set DATASETS.ROOT or $NUCDET_DATASETS)"
+            )
+        meta = json.loads(samples_json.read_text()) if samples_json.is_file() else {}
+        ids = list_dsb_ids(root) if select is None else select(meta)
+        out = cached_build(
+            tag, [root, samples_json] if samples_json.is_file() else [root],
+            lambda p: dsb_to_coco(root, p, image_ids=ids),
+        )
+        return out, root
+
+    return build
+
+
+def register_dsb_folder(prefix: str, dsb_root: Path, split: dict[str, list[str]] | None = None,
+                        num_folds: int = NUM_FOLDS) -> None:
+    """Register ``<prefix>_all`` and either the given splits or k grouped folds."""
+    register_lazy(f"{prefix}_all", _dsb_builder(dsb_root, f"{prefix}_all", None), ["nucleus"])
+    if split is not None:
+        for part, ids in split.items():
+            name = f"{prefix}_{part}"
+            register_lazy(name, _dsb_builder(dsb_root, name, lambda m, ids=ids: ids),
+                          ["nucleus"])
+        return
+
+    def fold_ids(meta: dict, k: int, part: str) -> list[str]:
+        from nucdet.data.dsb import list_dsb_ids
+
+        ids = list_dsb_ids(dsb_root)
+        folds = split_folds({i: meta.get(i, {}).get("modality", "") for i in ids}, num_folds)
+        return [i for i in ids if (folds[i] == k) == (part == "val")]
+
+    for k in range(num_folds):
+        for part in ("train", "val"):
+            name = f"{prefix}_fold{k}_{part}"
+            register_lazy(
+                name,
+                _dsb_builder(dsb_root, name, lambda m, k=k, part=part: fold_ids(m, k, part)),
+                ["nucleus"],
+            )
+
+
+def register_all(cfg: Any = None) -> None:
+    """Register the predefined datasets and ``cfg.DATASETS.REGISTER`` (idempotent)."""
+    if (SAMPLE_ROOT / "split.json").is_file():
+        split = json.loads((SAMPLE_ROOT / "split.json").read_text())
+        register_dsb_folder("dsb2018_sample", SAMPLE_ROOT / "stage1_train", split=split)
+    register_dsb_folder("dsb2018", datasets_root(cfg) / "dsb2018" / "stage1_train")
+    if cfg is not None:
+        for entry in cfg.DATASETS.REGISTER:
+            if len(entry) != 3:
+                raise ValueError(
+                    f"DATASETS.REGISTER entries are [name, json_file, image_root], got {entry}"
+                )
+            register_coco(*entry)

@@ -1,0 +1,1 @@
+"""Training engine: config building, the nucdet trainer and its hooks."""
