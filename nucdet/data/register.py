@@ -126,7 +126,6 @@ def register_lazy(name: str, build: Callable[[], tuple[Path, Path]], thing_class
 
     def load() -> list[dict]:
         json_file, image_root = build()
-        MetadataCatalog.get(name).set(json_file=str(json_file))
         return coco_to_dicts(load_coco(json_file), image_root, source=str(json_file))
 
     DatasetCatalog.register(name, load)

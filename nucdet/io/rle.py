@@ -115,6 +115,29 @@ def mask_to_coco_rle(mask: np.ndarray) -> dict:
     return rle
 
 
+def crop_to_coco_rle(crop: np.ndarray, y0: int, x0: int, height: int, width: int) -> dict:
+    """COCO RLE of a full ``height x width`` mask that is zero outside ``crop`` at (y0, x0).
+
+    Only the band of columns the crop spans is scanned, so no full-image array is built.
+    """
+    ch, cw = crop.shape
+    if y0 < 0 or x0 < 0 or y0 + ch > height or x0 + cw > width:
+        raise ValueError(f"crop {crop.shape} at ({y0}, {x0}) outside image {(height, width)}")
+    band = np.zeros((height, cw), dtype=bool, order="F")
+    band[y0 : y0 + ch] = crop
+    flat = band.ravel(order="F")
+    padded = np.concatenate([[False], flat, [False]])
+    changes = np.flatnonzero(padded[1:] != padded[:-1]) + x0 * height
+    # COCO counts alternate background/foreground runs, starting with background.
+    bounds = np.concatenate([[0], changes, [height * width]])
+    counts = np.diff(bounds).tolist()
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the last pixel
+        counts.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def coco_rle_to_mask(rle: dict) -> np.ndarray:
     """Decode a COCO RLE (compressed or uncompressed counts) into a boolean HxW mask."""
     return mask_utils.decode(_c_rle(rle)).astype(bool)

@@ -1,0 +1,1 @@
+"""Command-line tools: demo, sweeps, reports, curves and the offline Kaggle bundle."""

@@ -1,0 +1,57 @@
+"""Shared pytest set-up: tests/ importable (``helpers``), a private dataset cache, and
+fixtures for the bundled sample data and a tiny CPU config."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+# Keep converted COCO caches out of the user's ~/.cache during tests.
+os.environ.setdefault("NUCDET_CACHE", tempfile.mkdtemp(prefix="nucdet-test-cache-"))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SAMPLE_ROOT = REPO / "data" / "dsb2018_sample"
+TINY_CONFIG = REPO / "configs" / "cpu" / "mask_rcnn_R_18_FPN_lite_tiny.yaml"
+SHARED_DSB = REPO.parent / "shared" / "data" / "dsb2018"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def registered():
+    """Register the predefined datasets once (idempotent)."""
+    from nucdet.data.register import register_all
+
+    register_all()
+    return True
+
+
+def tiny_cfg(*opts: str):
+    """The tiny CPU config with test-sized overrides (cheap: ~1 s per iteration)."""
+    from nucdet.engine.defaults import build_cfg
+
+    return build_cfg(
+        TINY_CONFIG,
+        [
+            "MODEL.DEVICE", "cpu",
+            "DATALOADER.NUM_WORKERS", "0",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
+            *opts,
+        ],
+    )

@@ -1,0 +1,62 @@
+"""Registration: predefined sample splits, idempotence, cache rebuild, grouped folds."""
+
+import json
+import shutil
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from nucdet.data.dsb import dsb_to_coco
+from nucdet.data.register import register_coco, register_dsb_folder, split_folds
+
+
+def test_sample_splits(registered, sample_root):
+    split = json.loads((sample_root / "split.json").read_text())
+    train = DatasetCatalog.get("dsb2018_sample_train")
+    val = DatasetCatalog.get("dsb2018_sample_val")
+    stem = lambda d: d["file_name"].rsplit("/", 1)[-1][:-4]  # noqa: E731
+    assert sorted(map(stem, train)) == sorted(split["train"])
+    assert sorted(map(stem, val)) == sorted(split["val"])
+    assert not set(map(stem, train)) & set(map(stem, val))
+    assert MetadataCatalog.get("dsb2018_sample_val").thing_classes == ["nucleus"]
+    d = val[0]
+    assert d["annotations"][0]["category_id"] == 0 and "modality" in d
+
+
+def test_register_coco_idempotent_and_replaceable(tmp_path, sample_root):
+    root = sample_root / "stage1_train"
+    ids = sorted(p.name for p in root.iterdir())
+    a = dsb_to_coco(root, tmp_path / "a.json", image_ids=ids[:2])
+    b = dsb_to_coco(root, tmp_path / "b.json", image_ids=ids[:3])
+    register_coco("test_reg_x", a, root)
+    register_coco("test_reg_x", a, root)  # same files: no error
+    assert len(DatasetCatalog.get("test_reg_x")) == 2
+    register_coco("test_reg_x", b, root)  # other file: replaced
+    assert len(DatasetCatalog.get("test_reg_x")) == 3
+
+
+def test_cache_rebuilt_when_source_changes(tmp_path, sample_root, monkeypatch):
+    monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "dsb" / "stage1_train"
+    ids = sorted(p.name for p in (sample_root / "stage1_train").iterdir())[:3]
+    for i in ids:
+        shutil.copytree(sample_root / "stage1_train" / i, src / i)
+    register_dsb_folder("test_cache", src, split={"part": ids})
+    assert len(DatasetCatalog.get("test_cache_part")) == 3
+    n_before = sum(len(d["annotations"]) for d in DatasetCatalog.get("test_cache_part"))
+    first_mask = sorted((src / ids[0] / "masks").iterdir())[0]
+    first_mask.unlink()
+    assert sum(len(d["annotations"]) for d in DatasetCatalog.get("test_cache_part")) == (
+        n_before - 1
+    )
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_split_folds_grouped_and_stratified():
+    strata = {f"id{i}": ("stained" if i % 4 == 0 else "fluo") for i in range(40)}
+    folds = split_folds(strata, 5)
+    assert set(folds) == set(strata)
+    for k in range(5):
+        members = [i for i, f in folds.items() if f == k]
+        assert len(members) == 8
+        assert sum(strata[i] == "stained" for i in members) == 2
+    assert split_folds(strata, 5) == folds
