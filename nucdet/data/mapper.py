@@ -1,0 +1,245 @@
+"""Dataset mapper: detectron2 dataset dict -> model input, with the augmentations cells need.
+
+``NucleiDatasetMapper`` reads the image with ``nucdet.data.imageio.read_image`` (grey,
+RGB, RGBA, 16-bit), applies the augmentations of ``nucdet.data.augment`` and turns the RLE
+(or polygon) annotations into ``Instances`` with ``BitMasks``. Boxes are always recomputed
+from the transformed masks (a crop cuts a cell; its box shrinks with it) and instances left
+empty are dropped. At test time only the resize is applied and annotations are removed
+(evaluators read the ground truth from the dataset, not from the mapper).
+
+Cost control (the mapper must stay a small share of a training step): instances whose
+box, mapped through the transforms, falls outside the output image are dropped before
+their mask is decoded, so a 256x256 crop of a 520x704 image decodes only the cells near
+the crop.
+
+Mappers are picked by name from ``MAPPER_REGISTRY`` (``cfg.INPUT.MAPPER``) through
+``build_mapper(cfg, is_train)``; detectron2's own ``DatasetMapper`` is registered too, for
+ablations. ``apply_normalization(cfg)`` sets ``MODEL.PIXEL_MEAN/STD`` from
+``cfg.INPUT.NORMALIZATION`` and must run before the model is built (normalisation happens
+inside the model).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.registry import Registry
+from pycocotools import mask as mask_utils
+
+from nucdet.data.augment import build_augmentations
+from nucdet.data.imageio import read_image
+
+logger = logging.getLogger(__name__)
+
+MAPPER_REGISTRY = Registry("MAPPER")
+MAPPER_REGISTRY.__doc__ = "Dataset mappers selected by name with cfg.INPUT.MAPPER."
+MAPPER_REGISTRY.register(DatasetMapper)
+
+# Per-channel mean/std on the 0..255 scale, BGR order (torchvision's ImageNet values).
+IMAGENET_MEAN_BGR = (103.530, 116.280, 123.675)
+IMAGENET_STD_BGR = (57.375, 57.120, 58.395)
+FORMATS = ("BGR", "RGB")
+
+
+def _segmentation_to_rle(seg: Any, h: int, w: int, source: str) -> dict:
+    """Compressed pycocotools RLE of an annotation's segmentation, checked against h x w."""
+    if isinstance(seg, dict):
+        if list(seg.get("size", [])) != [h, w]:
+            raise ValueError(
+                f"{source}: annotation mask size {seg.get('size')} != image size {[h, w]}"
+            )
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            return mask_utils.frPyObjects(seg, h, w)
+        if isinstance(counts, str):
+            return {"size": [h, w], "counts": counts.encode("ascii")}
+        return seg
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    raise ValueError(f"{source}: unsupported segmentation type {type(seg).__name__}")
+
+
+def _effective_transforms(transforms: T.TransformList) -> list[T.Transform]:
+    """Drop no-ops and resizes to the same size (ResizeShortestEdge returns one when idle)."""
+    out = []
+    for t in transforms.transforms:
+        if isinstance(t, T.NoOpTransform):
+            continue
+        if isinstance(t, T.ResizeTransform) and (t.h, t.w) == (t.new_h, t.new_w):
+            continue
+        out.append(t)
+    return out
+
+
+def transform_masks(
+    rles: list[dict], transforms: list[T.Transform], out_size: tuple[int, int]
+) -> np.ndarray:
+    """Decode each RLE and apply ``transforms`` to it: (N, H', W') bool."""
+    out = np.zeros((len(rles), *out_size), dtype=bool)
+    for i, rle in enumerate(rles):
+        m = mask_utils.decode(rle)
+        for t in transforms:
+            m = t.apply_segmentation(m)
+        out[i] = m
+    return out
+
+
+@MAPPER_REGISTRY.register()
+class NucleiDatasetMapper:
+    """Read, augment and convert one dataset dict (see module docstring).
+
+    Output: the input dict (copied) with ``image`` (C x H x W uint8 tensor in
+    ``image_format``) and, when training, ``instances`` (``gt_boxes``, ``gt_classes``,
+    ``gt_masks`` as ``BitMasks``). ``record_transforms=True`` also stores the applied
+    ``TransformList`` under ``transforms`` (tests, debugging, visualisation).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: list[T.Augmentation | T.Transform],
+        image_format: str = "BGR",
+        record_transforms: bool = False,
+    ):
+        if image_format not in FORMATS:
+            raise ValueError(f"image_format must be one of {FORMATS}, got {image_format!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.record_transforms = record_transforms
+        mode = "training" if is_train else "inference"
+        logger.info("NucleiDatasetMapper (%s) augmentations: %s", mode, augmentations)
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict[str, Any]:
+        if cfg.INPUT.MASK_FORMAT != "bitmask":
+            raise ValueError(
+                f"NucleiDatasetMapper builds BitMasks from RLE annotations: set "
+                f"INPUT.MASK_FORMAT 'bitmask' (got {cfg.INPUT.MASK_FORMAT!r})"
+            )
+        return {
+            "is_train": is_train,
+            "augmentations": build_augmentations(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+        }
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.copy(dataset_dict)  # annotations are only read, never modified in place
+        file_name = d["file_name"]
+        image = read_image(file_name)
+        h0, w0 = image.shape[:2]
+        if ("height" in d and d["height"] != h0) or ("width" in d and d["width"] != w0):
+            raise ValueError(
+                f"{file_name}: image is {h0}x{w0}, the dataset says "
+                f"{d.get('height')}x{d.get('width')} (height x width)"
+            )
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        if self.image_format == "RGB":
+            image = image[:, :, ::-1]
+        h, w = image.shape[:2]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.record_transforms:
+            d["transforms"] = transforms
+        if not self.is_train:
+            d.pop("annotations", None)
+            return d
+        annos = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
+        d["instances"] = self.annotations_to_instances(
+            annos, transforms, (h0, w0), (h, w), file_name
+        )
+        return d
+
+    @staticmethod
+    def annotations_to_instances(
+        annos: list[dict],
+        transforms: T.TransformList,
+        in_size: tuple[int, int],
+        out_size: tuple[int, int],
+        source: str = "",
+    ) -> Instances:
+        """Transformed, non-empty instances with boxes taken from their masks."""
+        h0, w0 = in_size
+        rles = [_segmentation_to_rle(a["segmentation"], h0, w0, source) for a in annos]
+        classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
+        effective = _effective_transforms(transforms)
+        if rles:
+            # Cheap pre-filter: a mask lies inside its box, so a box mapped outside the
+            # output (with a one-pixel margin for nearest-neighbour rounding) is empty.
+            xywh = mask_utils.toBbox(rles)
+            boxes = np.concatenate([xywh[:, :2] - 1, xywh[:, :2] + xywh[:, 2:] + 1], axis=1)
+            boxes = T.TransformList(effective).apply_box(boxes) if effective else boxes
+            boxes = np.clip(boxes, 0, [out_size[1], out_size[0]] * 2)
+            near = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            rles = [r for r, k in zip(rles, near) if k]
+            classes = classes[near]
+        masks = transform_masks(rles, effective, out_size)
+        keep = masks.any(axis=(1, 2))
+        masks, classes = masks[keep], classes[keep]
+        instances = Instances(out_size)
+        bitmasks = BitMasks(torch.from_numpy(masks))
+        instances.gt_masks = bitmasks
+        instances.gt_boxes = (
+            bitmasks.get_bounding_boxes() if len(masks) else Boxes(torch.zeros((0, 4)))
+        )
+        instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
+        return instances
+
+
+def build_mapper(cfg: CfgNode, is_train: bool) -> Any:
+    """The mapper named by ``cfg.INPUT.MAPPER`` built from ``cfg``."""
+    return MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)(cfg, is_train)
+
+
+def apply_normalization(cfg: CfgNode) -> CfgNode:
+    """Set ``MODEL.PIXEL_MEAN/STD`` from ``INPUT.NORMALIZATION``; call before building the model.
+
+    ``"detectron2"`` keeps the values in the config, ``"imagenet"`` uses ImageNet's
+    mean/std, ``"dataset"`` reads ``{"mean": [...], "std": [...]}`` (BGR, 0..255) from
+    ``INPUT.DATASET_STATS`` (written by ``python -m nucdet.data.stats``). Values are
+    reordered for ``INPUT.FORMAT`` RGB. A frozen config is unfrozen and frozen again.
+    """
+    how = cfg.INPUT.NORMALIZATION
+    if how == "detectron2":
+        return cfg
+    if how == "imagenet":
+        mean, std = list(IMAGENET_MEAN_BGR), list(IMAGENET_STD_BGR)
+    elif how == "dataset":
+        path = Path(cfg.INPUT.DATASET_STATS) if cfg.INPUT.DATASET_STATS else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(
+                f"INPUT.NORMALIZATION 'dataset' needs INPUT.DATASET_STATS, a stats JSON "
+                f"(python -m nucdet.data.stats); got {cfg.INPUT.DATASET_STATS!r}"
+            )
+        stats = json.loads(path.read_text())
+        try:
+            mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: needs 'mean' and 'std' lists of numbers ({e})") from e
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"{path}: mean/std must be 3 values (BGR), std > 0; got {stats}")
+    else:
+        raise ValueError(
+            f"INPUT.NORMALIZATION must be 'detectron2', 'imagenet' or 'dataset', got {how!r}"
+        )
+    if cfg.INPUT.FORMAT == "RGB":
+        mean, std = mean[::-1], std[::-1]
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = mean, std
+    if frozen:
+        cfg.freeze()
+    return cfg
