@@ -3,23 +3,32 @@
 
     python train_net.py --config-file configs/cpu/mask_rcnn_R_18_FPN_lite_tiny.yaml \
         SOLVER.MAX_ITER 100 OUTPUT_DIR output/tiny
-    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/tiny/model_final.pth
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/tiny/model_best.pth
     python train_net.py --config-file ... --resume          # continue after an interruption
     python train_net.py --config-file ... --num-gpus 8      # or --num-machines/--dist-url
+    python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
+                                                            # (gloo; --dist-backend gloo on
+                                                            # a machine with CUDA)
+
+Outputs in OUTPUT_DIR: config.yaml, log.txt, metrics.json, TensorBoard events,
+model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, model_final.pth, model_best.pth (by
+SOLVER.BEST_CHECKPOINT.METRIC when TEST.EVAL_PERIOD > 0). Plot the curves with
+``python -m nucdet.tools.curves OUTPUT_DIR``.
 """
 
 from __future__ import annotations
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_setup
 
 from nucdet.data.register import register_all
+from nucdet.engine.checkpoint import NucleiCheckpointer
 from nucdet.engine.defaults import build_cfg
-from nucdet.engine.trainer import Trainer
+from nucdet.engine.launch import argument_parser, launch
+from nucdet.engine.trainer import Trainer, prepare_training_cfg
 
 
 def setup(args):
-    cfg = build_cfg(args.config_file, args.opts)
+    cfg = prepare_training_cfg(build_cfg(args.config_file, args.opts))
     cfg.freeze()
     default_setup(cfg, args)  # writes OUTPUT_DIR/config.yaml, sets up logging and seeds
     register_all(cfg)
@@ -30,7 +39,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        NucleiCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -40,7 +49,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,
@@ -48,4 +57,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        backend=args.dist_backend,
     )

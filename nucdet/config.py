@@ -46,6 +46,8 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.SOLVER.BEST_CHECKPOINT.MODE = "max"  # "max" or "min"
     # Parameter names matching any of these regexes are frozen (staged fine-tuning).
     _C.SOLVER.FREEZE_PATTERNS = []
+    # Iterations between writes of metrics.json / TensorBoard / console (and at checkpoints).
+    _C.SOLVER.LOG_PERIOD = 20
 
     # ---- evaluation (nucdet.evaluation) -------------------------------------------------
     # Detections per image counted by COCO AP (pycocotools maxDets); COCO's 100 is too few.

@@ -1,22 +1,106 @@
 """The nucdet trainer: detectron2's DefaultTrainer with the cell-specific pieces.
 
-- training data through the nucdet mapper chosen by ``INPUT.MAPPER``;
-- evaluation with ``NucleiEvaluator`` (Kaggle MaP-IoU and COCO AP without the 100 cap);
-- the best checkpoint (``model_best.pth``) kept by ``SOLVER.BEST_CHECKPOINT.METRIC``.
+- training data through the nucdet mapper chosen by ``INPUT.MAPPER`` (and any detectron2
+  training sampler, e.g. ``DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler``);
+- ``SOLVER.FREEZE_PATTERNS`` applied before the optimizer is built (staged fine-tuning);
+- evaluation with ``NucleiEvaluator`` (Kaggle MaP-IoU and COCO AP without the 100 cap)
+  every ``TEST.EVAL_PERIOD`` iterations on ``DATASETS.TEST``;
+- the best checkpoint (``model_best.pth``) kept by ``SOLVER.BEST_CHECKPOINT.METRIC/MODE``,
+  its state saved in every checkpoint so ``--resume`` continues it;
+- ``metrics.json`` + TensorBoard written every ``SOLVER.LOG_PERIOD`` iterations and at every
+  checkpoint, cut back to the resumed iteration on ``--resume`` (no duplicates, no gap);
+- atomic checkpoints, ``MODEL.WEIGHTS`` as URL / local file / "" with clear errors;
+- DDP on CPU (gloo, no device ids) as well as on GPUs; AMP only on CUDA.
+
+Warmup, LR schedule and gradient clipping are detectron2's, read from ``SOLVER.*``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
+
+from nucdet.engine.checkpoint import NucleiCheckpointer
+from nucdet.engine.freeze import freeze_parameters
+from nucdet.engine.hooks import MetricsWriter, ResumableBestCheckpointer
 
 logger = logging.getLogger(__name__)
 
 
+def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
+    """Settings that depend on the machine or on other keys, resolved once before training.
+
+    - ``SOLVER.AMP.ENABLED`` is switched off when ``MODEL.DEVICE`` is not CUDA (detectron2's
+      AMPTrainer needs CUDA), with a log line;
+    - ``INPUT.NORMALIZATION`` is turned into ``MODEL.PIXEL_MEAN/STD``.
+
+    Returns ``cfg`` itself when nothing changes, else a modified clone (frozen if ``cfg``
+    was), so the caller's config is never changed behind its back.
+    """
+    from nucdet.data.mapper import apply_normalization
+
+    out = cfg.clone()
+    out.defrost()
+    if out.SOLVER.AMP.ENABLED and not out.MODEL.DEVICE.startswith("cuda"):
+        logger.info("SOLVER.AMP.ENABLED: mixed precision needs CUDA, off on %s", out.MODEL.DEVICE)
+        out.SOLVER.AMP.ENABLED = False
+    apply_normalization(out)
+    if cfg.is_frozen():
+        out.freeze()
+    return cfg if out == cfg else out
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer + nucdet mapper, evaluator and best-checkpoint hook."""
+    """DefaultTrainer + nucdet mapper, evaluator, hooks and checkpointer (module docstring)."""
+
+    def __init__(self, cfg: CfgNode):
+        # DefaultTrainer.__init__ rebuilt (same order) for two reasons: create_ddp_model
+        # must get no device_ids on CPU (gloo), and the checkpointer is NucleiCheckpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = prepare_training_cfg(cfg)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            device_ids=[comm.get_local_rank()] if on_cuda else None,
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = NucleiCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        freeze_parameters(model, cfg.SOLVER.FREEZE_PATTERNS)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -37,6 +121,13 @@ class Trainer(DefaultTrainer):
         from nucdet.evaluation.evaluator import NucleiEvaluator
         from nucdet.inference.postprocess import postprocess_from_cfg
 
+        if cfg.TEST.EVAL_MAX_DETS < cfg.TEST.DETECTIONS_PER_IMAGE:
+            logger.warning(
+                "TEST.EVAL_MAX_DETS %d < TEST.DETECTIONS_PER_IMAGE %d: COCO AP ignores "
+                "detections the model returns",
+                cfg.TEST.EVAL_MAX_DETS,
+                cfg.TEST.DETECTIONS_PER_IMAGE,
+            )
         return NucleiEvaluator(
             dataset_name,
             output_dir=output_folder,
@@ -45,17 +136,73 @@ class Trainer(DefaultTrainer):
             postprocess=postprocess_from_cfg(cfg),
         )
 
+    def build_writers(self, start_iter: int = 0):
+        """Console, ``metrics.json`` and TensorBoard writers (TensorBoard purges the steps
+        from ``start_iter`` on, logged by an interrupted run after its last checkpoint)."""
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR, purge_step=start_iter),
+        ]
+
     def build_hooks(self):
-        hook_list = super().build_hooks()
-        cfg = self.cfg
+        """detectron2's hooks, reordered so that a checkpoint holds everything before it.
+
+        Order: timer, LR scheduler, PreciseBN, evaluation, best checkpoint, writers,
+        periodic checkpoint. detectron2 checkpoints before evaluating; here the checkpoint
+        of iteration i comes last, so it includes the best-metric state of the evaluation
+        at i and is saved only after i's metrics are on disk.
+        """
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # PreciseBN's own loader: save memory and time
+        ret: list = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            ret.append(
+                hooks.PreciseBN(
+                    cfg.TEST.EVAL_PERIOD,
+                    self.model,
+                    self.build_train_loader(cfg),
+                    cfg.TEST.PRECISE_BN.NUM_ITER,
+                )
+            )
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
         if cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
-            # After the EvalHook, so it sees this period's results in the storage.
-            hook_list.append(
-                hooks.BestCheckpointer(
+            ret.append(
+                ResumableBestCheckpointer(
                     cfg.TEST.EVAL_PERIOD,
                     self.checkpointer,
                     cfg.SOLVER.BEST_CHECKPOINT.METRIC,
                     mode=cfg.SOLVER.BEST_CHECKPOINT.MODE,
                 )
             )
-        return hook_list
+        if comm.is_main_process():
+            ret.append(
+                MetricsWriter(
+                    self.build_writers,
+                    period=cfg.SOLVER.LOG_PERIOD,
+                    flush_period=cfg.SOLVER.CHECKPOINT_PERIOD,
+                    metrics_file=os.path.join(cfg.OUTPUT_DIR, "metrics.json"),
+                )
+            )
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        return ret
+
+    def train(self):
+        """Train from ``start_iter`` to ``SOLVER.MAX_ITER``; returns the last evaluation
+        results (or None). A run resumed after it finished does nothing."""
+        if self.start_iter >= self.max_iter:
+            logger.info(
+                "nothing to train: resumed at iteration %d, SOLVER.MAX_ITER is %d",
+                self.start_iter,
+                self.max_iter,
+            )
+            return None
+        super().train()
+        return getattr(self, "_last_eval_results", None)
