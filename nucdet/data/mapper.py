@@ -10,7 +10,8 @@ empty are dropped. At test time only the resize is applied and annotations are r
 Cost control (the mapper must stay a small share of a training step): instances whose
 box, mapped through the transforms, falls outside the output image are dropped before
 their mask is decoded, so a 256x256 crop of a 520x704 image decodes only the cells near
-the crop.
+the crop; when the crop is the first geometric transform, masks are decoded straight into
+the crop window from their runs; flips are NumPy views.
 
 Mappers are picked by name from ``MAPPER_REGISTRY`` (``cfg.INPUT.MAPPER``) through
 ``build_mapper(cfg, is_train)``; detectron2's own ``DatasetMapper`` is registered too, for
@@ -37,6 +38,7 @@ from detectron2.utils.registry import Registry
 from pycocotools import mask as mask_utils
 
 from nucdet.data.augment import build_augmentations
+from nucdet.data.check import rle_counts
 from nucdet.data.imageio import read_image
 
 logger = logging.getLogger(__name__)
@@ -81,17 +83,65 @@ def _effective_transforms(transforms: T.TransformList) -> list[T.Transform]:
     return out
 
 
+def _apply_to_mask(t: T.Transform, m: np.ndarray) -> np.ndarray:
+    """``t.apply_segmentation(m)`` with NumPy views for flips (fvcore flips through torch,
+    ~10 ms per 520x704 mask)."""
+    if isinstance(t, T.HFlipTransform):
+        return m[:, ::-1]
+    if isinstance(t, T.VFlipTransform):
+        return m[::-1]
+    return t.apply_segmentation(m)
+
+
+def decode_window(rle: dict, crop: T.CropTransform) -> np.ndarray:
+    """The ``crop`` window of a compressed RLE, without decoding the full image.
+
+    Works on the runs (O(mask area)), ~20x cheaper than ``mask_utils.decode`` + slicing
+    for a cell in a 520x704 image.
+    """
+    h_img = int(rle["size"][0])
+    counts = rle_counts(rle["counts"])
+    ends = np.cumsum(counts)
+    lengths = counts[1::2]
+    starts = ends[0::2][: len(lengths)]
+    out = np.zeros((crop.h, crop.w), np.uint8)
+    if lengths.size == 0:
+        return out
+    offsets = np.cumsum(lengths) - lengths
+    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    cols, rows = np.divmod(flat, h_img)  # COCO RLE runs are column-major
+    rows, cols = rows - crop.y0, cols - crop.x0
+    inside = (rows >= 0) & (rows < crop.h) & (cols >= 0) & (cols < crop.w)
+    out[rows[inside], cols[inside]] = 1
+    return out
+
+
 def transform_masks(
     rles: list[dict], transforms: list[T.Transform], out_size: tuple[int, int]
 ) -> np.ndarray:
-    """Decode each RLE and apply ``transforms`` to it: (N, H', W') bool."""
+    """Decode each RLE and apply ``transforms`` to it: (N, H', W') bool.
+
+    A leading crop is applied while decoding (``decode_window``).
+    """
     out = np.zeros((len(rles), *out_size), dtype=bool)
+    crop = transforms[0] if transforms and isinstance(transforms[0], T.CropTransform) else None
+    rest = transforms[1:] if crop is not None else transforms
     for i, rle in enumerate(rles):
-        m = mask_utils.decode(rle)
-        for t in transforms:
-            m = t.apply_segmentation(m)
+        m = decode_window(rle, crop) if crop is not None else mask_utils.decode(rle)
+        for t in rest:
+            m = _apply_to_mask(t, m)
         out[i] = m
     return out
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight ``[x0, y0, x1, y1]`` boxes (x1, y1 exclusive) of non-empty (N, H, W) masks."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    h, w = masks.shape[1:]
+    y0, x0 = rows.argmax(axis=1), cols.argmax(axis=1)
+    y1 = h - rows[:, ::-1].argmax(axis=1)
+    x1 = w - cols[:, ::-1].argmax(axis=1)
+    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
 
 
 @MAPPER_REGISTRY.register()
@@ -190,11 +240,8 @@ class NucleiDatasetMapper:
         keep = masks.any(axis=(1, 2))
         masks, classes = masks[keep], classes[keep]
         instances = Instances(out_size)
-        bitmasks = BitMasks(torch.from_numpy(masks))
-        instances.gt_masks = bitmasks
-        instances.gt_boxes = (
-            bitmasks.get_bounding_boxes() if len(masks) else Boxes(torch.zeros((0, 4)))
-        )
+        instances.gt_masks = BitMasks(torch.from_numpy(masks))
+        instances.gt_boxes = Boxes(torch.from_numpy(mask_boxes(masks)).reshape(-1, 4))
         instances.gt_classes = torch.as_tensor(classes, dtype=torch.int64)
         return instances
 

@@ -30,6 +30,7 @@ from nucdet.data.mapper import (
     NucleiDatasetMapper,
     apply_normalization,
     build_mapper,
+    decode_window,
 )
 from nucdet.io.rle import mask_to_coco_rle
 
@@ -332,3 +333,16 @@ def test_apply_normalization(tmp_path):
     cfg.INPUT.NORMALIZATION = "zscore"
     with pytest.raises(ValueError, match="NORMALIZATION"):
         apply_normalization(cfg)
+
+
+def test_decode_window_equals_decode_then_crop():
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        h, w = rng.integers(5, 40, size=2)
+        m = rng.random((h, w)) < rng.uniform(0, 0.6)
+        rle = mask_to_coco_rle(m)
+        rle = {"size": rle["size"], "counts": rle["counts"].encode()}
+        ch, cw = rng.integers(1, h + 1), rng.integers(1, w + 1)
+        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        got = decode_window(rle, T.CropTransform(x0, y0, cw, ch))
+        assert np.array_equal(got, m[y0 : y0 + ch, x0 : x0 + cw])
