@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 # Evaluation results appear in metrics.json as flattened "<task>/<metric>" keys (with a
 # leading "<dataset>/" when several test sets are evaluated). Training scalars such as
 # "fast_rcnn/cls_accuracy" also contain a slash, so the task name is what tells them apart.
-EVAL_TASKS = ("segm", "bbox", "keypoints", "sem_seg", "panoptic_seg")
+# "count", "voc" and "glas" are the extra tasks of nucdet's NucleiEvaluator.
+EVAL_TASKS = ("segm", "bbox", "voc", "glas", "count", "keypoints", "sem_seg", "panoptic_seg")
 # Leading metric columns, in this order, when present; the rest follow sorted.
 PREFERRED_METRICS = ("MaP-IoU", "AP", "AP50", "AP75")
 DEFAULT_BEST_METRIC = "segm/MaP-IoU"
@@ -260,14 +261,6 @@ def read_table(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]
 # ---- curves ---------------------------------------------------------------------------------
 
 
-def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pts = [(int(r["iteration"]), float(r[key])) for r in rows if key in r and "iteration" in r]
-    # A resumed run logs some iterations twice: keep the last value logged for each.
-    merged = dict(pts)
-    its = sorted(merged)
-    return its, [merged[i] for i in its]
-
-
 def plot_curves(
     runs: Sequence[tuple[str, Sequence[dict[str, Any]]]],
     path: str | os.PathLike,
@@ -279,6 +272,10 @@ def plot_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    # One series reader for all plots (NaN dropped, resumed iterations de-duplicated);
+    # imported here because curves imports this module.
+    from nucdet.tools.curves import series
 
     if not metrics:
         seen: set[str] = set()
@@ -292,7 +289,7 @@ def plot_curves(
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, panels):
         for label, rows in runs:
-            its, vals = _series(rows, key)
+            its, vals = series(rows, key)
             if not its:
                 continue
             marker = "o" if is_eval_key(key) else None
