@@ -40,7 +40,6 @@ from nucdet.evaluation.matching import (
     InstanceSet,
     InstancesLike,
     Overlaps,
-    _from_pixels,
     as_instance_pair,
     pairwise_overlaps,
 )
@@ -157,8 +156,7 @@ class _Hausdorff:
 def _drop_empty(s: InstanceSet) -> InstanceSet:
     if (s.areas > 0).all():
         return s
-    keep = s.areas > 0  # empty instances own no pixels: the pixel list stays as it is
-    return _from_pixels(s.pixels()[0], s.areas[keep], s.height, s.width, s.ids[keep])
+    return s.select(s.areas > 0)
 
 
 def glas_counts(gt: InstancesLike, pred: InstancesLike, *, hausdorff: bool = True) -> GlasCounts:

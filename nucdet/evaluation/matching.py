@@ -2,20 +2,24 @@
 
 Every metric in this package starts from the same numbers: the pixel count of every
 instance and of every non-empty pairwise intersection. They are computed here, sparsely
-(only pairs that share a pixel) and exactly (int64 counts, never a float IoU matrix):
+(only pairs that share a pixel) and exactly (int64 counts, never a float IoU matrix).
 
-- both sets free of overlaps (label images, or mask lists whose masks do not overlap):
-  one ``bincount`` over combined ``(a, b)`` keys of the pixels both sets cover;
-- one set with overlapping masks: its per-instance pixel indices are looked up in the
-  other set's label image;
+An ``InstanceSet`` holds the foreground runs of its instances (column-major start,
+length, instance), the form COCO RLE already has and a label image yields with one
+comparison pass. Overlaps then come from:
+
+- both sets free of overlaps (label images, non-overlapping mask lists): an interval
+  join of the two sorted run lists (each run meets a handful of runs of the other set),
+  with no per-pixel work at all;
+- one set with overlapping masks: its pixels looked up in the other set's label image;
 - both with overlaps: pixels covered once in ``b`` go through a label image, the few
   pixels covered several times are joined explicitly.
 
-Inputs are normalised to ``InstanceSet`` by ``as_instances``: label image (HxW int,
-0 = background, arbitrary non-consecutive ids), dense (N, H, W) stack, list of COCO RLE
-dicts, ``nucdet.structures.ImagePrediction``. COCO RLE strings are decoded straight to
-pixel indices with vectorised numpy (no full-image array per instance), so an image with
-800 instances costs milliseconds.
+Inputs are normalised by ``as_instances``: label image (HxW int, 0 = background,
+arbitrary non-consecutive ids), dense (N, H, W) stack, list of COCO RLE dicts,
+``nucdet.structures.ImagePrediction``. COCO RLE strings are decoded with vectorised
+numpy, never to a full-image array per instance: an 800-instance 520x704 image costs a
+few milliseconds.
 
 Pixels are indexed column-major (``x * H + y``), the order of COCO RLE. The module stops
 at overlap counts; matching rules belong to each metric.
@@ -35,16 +39,23 @@ from nucdet.structures import ImagePrediction
 # Above this many (a, b) cells a dense bincount table costs more than sorting the keys.
 _DENSE_KEY_LIMIT = 1 << 22
 
+_EMPTY = np.zeros(0, np.int64)
+
+
+def _expand_runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Pixel indices of runs, run after run: pixel k is its run's start plus its offset."""
+    return np.arange(int(lengths.sum())) + np.repeat(
+        starts - (np.cumsum(lengths) - lengths), lengths
+    )
+
 
 class InstanceSet:
-    """The instances of one image as pixel indices and/or a label image.
+    """The instances of one image as foreground runs (column-major pixel order).
 
     Attributes:
         height, width: image size.
         areas: (N,) int64 pixel count of every instance.
         ids: (N,) int64 original label values (label images) or list positions.
-        label: (H*W,) int32 column-major label image (instance ``i`` -> ``i + 1``), present
-            whenever no two instances overlap; None otherwise.
         overlapping: True when some pixel belongs to two instances.
     """
 
@@ -52,23 +63,30 @@ class InstanceSet:
         self,
         height: int,
         width: int,
-        areas: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        inst: np.ndarray,
+        n: int,
         *,
-        label: np.ndarray | None = None,
-        pix: np.ndarray | None = None,
         ids: np.ndarray | None = None,
-        coverage: np.ndarray | None = None,
+        sorted_by_start: bool = False,
     ) -> None:
         self.height = int(height)
         self.width = int(width)
-        self.areas = np.asarray(areas, dtype=np.int64)
-        self.ids = np.arange(len(self.areas)) if ids is None else np.asarray(ids, np.int64)
-        self.label = label
-        self._pix = pix
-        self._coverage = coverage
-        self.overlapping = label is None
-        if label is None and pix is None:
-            raise ValueError("InstanceSet needs a label image or pixel indices")
+        starts = np.asarray(starts, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        inst = np.asarray(inst, np.int64)
+        self.areas = np.bincount(inst, weights=lengths, minlength=n).astype(np.int64)
+        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+        if not sorted_by_start and len(starts) > 1:
+            order = np.argsort(starts, kind="stable")  # timsort: fast on nearly sorted runs
+            starts, lengths, inst = starts[order], lengths[order], inst[order]
+        self.starts, self.lengths, self.inst = starts, lengths, inst
+        ends = starts + lengths
+        self.overlapping = bool(len(starts) > 1 and (starts[1:] < ends[:-1]).any())
+        self._pix: np.ndarray | None = None
+        self._label: np.ndarray | None = None
+        self._coverage: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.areas)
@@ -86,23 +104,37 @@ class InstanceSet:
         """(N+1,) start of every instance in ``pixels()[0]``."""
         return np.concatenate([[0], np.cumsum(self.areas)])
 
+    @property
+    def label(self) -> np.ndarray | None:
+        """(H*W,) int32 column-major label image (instance i -> i + 1); None when
+        instances overlap."""
+        if self.overlapping:
+            return None
+        if self._label is None:
+            # Disjoint runs: +v at each start, -v at each end, integrated.
+            n = self.height * self.width
+            delta = np.zeros(n + 1, np.int32)
+            v = (self.inst + 1).astype(np.int32)
+            delta[self.starts] += v
+            delta[self.starts + self.lengths] -= v
+            self._label = np.cumsum(delta[:n], dtype=np.int32)
+        return self._label
+
     def pixels(self) -> tuple[np.ndarray, np.ndarray]:
         """``(pix, inst)``: column-major pixel indices grouped by instance (ascending within
         an instance) and the instance index of each."""
         if self._pix is None:
-            fg = np.flatnonzero(self.label)
-            order = np.argsort(self.label[fg], kind="stable")
-            self._pix = fg[order]
-        inst = np.repeat(np.arange(len(self.areas)), self.areas)
-        return self._pix, inst
+            order = np.lexsort((self.starts, self.inst))
+            self._pix = _expand_runs(self.starts[order], self.lengths[order])
+        return self._pix, np.repeat(np.arange(len(self.areas)), self.areas)
 
     def coverage(self) -> np.ndarray:
         """(H*W,) number of instances covering each pixel (column-major)."""
         if self._coverage is None:
-            if self.label is not None:
+            if not self.overlapping:
                 self._coverage = (self.label > 0).astype(np.int32)
             else:
-                self._coverage = np.bincount(self._pix, minlength=self.height * self.width)
+                self._coverage = np.bincount(self.pixels()[0], minlength=self.height * self.width)
         return self._coverage
 
     def instance_pixels(self, i: int) -> np.ndarray:
@@ -137,6 +169,22 @@ class InstanceSet:
         out[inst, pix] = True
         return out.reshape(len(self), self.width, self.height).transpose(0, 2, 1)
 
+    def select(self, keep: np.ndarray) -> InstanceSet:
+        """The instances at boolean mask ``keep``, renumbered in order."""
+        keep = np.asarray(keep, bool)
+        new_index = np.cumsum(keep) - 1
+        r = keep[self.inst]
+        return InstanceSet(
+            self.height,
+            self.width,
+            self.starts[r],
+            self.lengths[r],
+            new_index[self.inst[r]],
+            int(keep.sum()),
+            ids=self.ids[keep],
+            sorted_by_start=True,
+        )
+
 
 InstancesLike = InstanceSet | ImagePrediction | np.ndarray | Sequence[Any]
 
@@ -144,19 +192,8 @@ InstancesLike = InstanceSet | ImagePrediction | np.ndarray | Sequence[Any]
 # ---- construction ------------------------------------------------------------------------
 
 
-def _from_pixels(
-    pix: np.ndarray, areas: np.ndarray, height: int, width: int, ids: np.ndarray | None = None
-) -> InstanceSet:
-    """Build from grouped pixel indices; derive a label image when nothing overlaps."""
-    n = height * width
-    if pix.size == 0:
-        return InstanceSet(height, width, areas, label=np.zeros(n, np.int32), pix=pix, ids=ids)
-    cov = np.bincount(pix, minlength=n)
-    if cov.max() > 1:
-        return InstanceSet(height, width, areas, pix=pix, ids=ids, coverage=cov)
-    label = np.zeros(n, dtype=np.int32)
-    label[pix] = np.repeat(np.arange(1, len(areas) + 1, dtype=np.int32), areas)
-    return InstanceSet(height, width, areas, label=label, pix=pix, ids=ids)
+def empty_instances(height: int, width: int) -> InstanceSet:
+    return InstanceSet(height, width, _EMPTY, _EMPTY, _EMPTY, 0)
 
 
 def from_label_image(label: np.ndarray) -> InstanceSet:
@@ -169,34 +206,38 @@ def from_label_image(label: np.ndarray) -> InstanceSet:
             "a boolean 2-D array is a binary mask, not a label image: pass [mask] for one "
             "instance, or label the connected components yourself"
         )
-    if not np.issubdtype(lab.dtype, np.integer):
-        if not np.issubdtype(lab.dtype, np.floating) or not np.all(np.mod(lab, 1) == 0):
-            raise TypeError(f"label image must hold integers, got dtype {lab.dtype}")
+    if not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.floating)):
+        raise TypeError(f"label image must hold integers, got dtype {lab.dtype}")
     h, w = lab.shape
-    flat = lab.flatten(order="F")  # a copy: the set never aliases the caller's array
-    if flat.size == 0:
-        return InstanceSet(h, w, np.zeros(0, np.int64), label=np.zeros(0, np.int32))
-    mx = int(flat.max())
-    if np.issubdtype(flat.dtype, np.signedinteger) or np.issubdtype(flat.dtype, np.floating):
-        if flat.min() < 0:
-            raise ValueError("label image has negative values")
-    if mx <= 2 * flat.size + 65536:
-        if not np.issubdtype(flat.dtype, np.integer) or flat.dtype.itemsize == 8:
-            flat = flat.astype(np.int64)
-        counts = np.bincount(flat)
-        ids = np.flatnonzero(counts)
-        ids = ids[ids != 0]
-        if len(ids) == mx:  # already 1..n: no relabelling pass
-            return InstanceSet(h, w, counts[ids], label=flat.astype(np.int32, copy=False), ids=ids)
-        lut = np.zeros(mx + 1, dtype=np.int32)
-        lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-        return InstanceSet(h, w, counts[ids], label=lut[flat], ids=ids)
-    # Huge sparse ids (hashes, 64-bit labels): sort instead of a lookup table.
-    ids, inv, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    inv = inv.astype(np.int32)
-    if ids[0] == 0:
-        return InstanceSet(h, w, counts[1:], label=inv, ids=ids[1:])
-    return InstanceSet(h, w, counts, label=inv + 1, ids=ids)
+    flat = lab.ravel(order="F")
+    n = flat.size
+    if n == 0:
+        return empty_instances(h, w)
+    # Runs of equal values along the column-major order: one comparison pass.
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    vals = flat[starts]
+    lengths = np.diff(np.concatenate([starts, [n]]))
+    fg = vals != 0
+    starts, lengths, vals = starts[fg], lengths[fg], vals[fg]
+    if vals.size == 0:
+        return empty_instances(h, w)
+    if np.issubdtype(vals.dtype, np.floating):
+        if not np.all(np.mod(vals, 1) == 0):
+            raise TypeError(f"label image must hold integers, got non-integer {lab.dtype} values")
+        vals = vals.astype(np.int64)
+    if vals.min() < 0:
+        raise ValueError("label image has negative values")
+    vals = vals.astype(np.int64)
+    mx = int(vals.max())
+    if mx <= 4 * vals.size + 65536:
+        present = np.zeros(mx + 1, bool)
+        present[vals] = True
+        ids = np.flatnonzero(present)
+        lut = np.cumsum(present) - 1
+        inst = lut[vals]
+    else:  # huge sparse ids (hashes, 64-bit labels): sort instead of a lookup table
+        ids, inst = np.unique(vals, return_inverse=True)
+    return InstanceSet(h, w, starts, lengths, inst, len(ids), ids=ids, sorted_by_start=True)
 
 
 def from_masks(masks: np.ndarray | Sequence[np.ndarray]) -> InstanceSet:
@@ -205,9 +246,11 @@ def from_masks(masks: np.ndarray | Sequence[np.ndarray]) -> InstanceSet:
     if st.ndim != 3:
         raise ValueError(f"mask stack must be (N, H, W), got shape {st.shape}")
     n, h, w = st.shape
-    inst, pix = np.nonzero(st.transpose(0, 2, 1).reshape(n, h * w))
-    areas = np.bincount(inst, minlength=n).astype(np.int64)
-    return _from_pixels(pix.astype(np.int64), areas, h, w)
+    flat = (st.transpose(0, 2, 1).reshape(n, h * w) != 0).astype(np.int8)
+    d = np.diff(flat, axis=1, prepend=0, append=0)
+    inst, starts = np.nonzero(d == 1)
+    _, ends = np.nonzero(d == -1)
+    return InstanceSet(h, w, starts, ends - starts, inst, n)
 
 
 def _rle_bytes(rle: Any, k: int, h: int, w: int) -> bytes:
@@ -229,29 +272,37 @@ def _joined_counts(rles: Sequence[dict], h: int, w: int) -> tuple[bytes, list[in
     """All counts strings concatenated, and their lengths; validates sizes and types."""
     try:
         counts = [r["counts"] for r in rles]
-        sizes = {tuple(r["size"]) for r in rles}
+        sizes = [r["size"] for r in rles]
     except (KeyError, TypeError):
-        sizes, counts = None, []
-    if sizes is not None and (not sizes or sizes == {(h, w)}):
-        # Fast path (one type for all masks): a few C-level joins, no per-mask Python work.
-        if all(type(c) is str for c in counts):
+        counts, sizes = [], None
+    try:
+        fast = sizes is not None and sizes.count([h, w]) + sizes.count((h, w)) == len(sizes)
+    except ValueError:  # sizes given as numpy arrays: compare one by one below
+        fast = False
+    if fast:
+        # Fast path: one C-level join when every mask has str (or bytes) counts.
+        for empty in ("", b""):
             try:
-                return "".join(counts).encode("ascii"), list(map(len, counts))
-            except UnicodeEncodeError:
-                pass  # the slow path names the mask
-        elif all(type(c) is bytes for c in counts):
-            return b"".join(counts), list(map(len, counts))
+                joined = empty.join(counts)
+            except TypeError:
+                continue
+            if isinstance(joined, str):
+                if not joined.isascii():
+                    break  # the slow path names the mask
+                joined = joined.encode("ascii")
+            return joined, list(map(len, counts))
     strings = [_rle_bytes(r, k, h, w) for k, r in enumerate(rles)]
     return b"".join(strings), [len(s) for s in strings]
 
 
-def decode_rle_pixels(
+def decode_rle_runs(
     rles: Sequence[dict], height: int, width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Column-major foreground pixel indices of many COCO RLEs at once.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground runs of many COCO RLEs at once, without expanding them to pixels.
 
-    Returns ``(pix, areas)``: indices grouped by mask in input order, ascending within a
-    mask, and the (N,) int64 area of each mask. Implements pycocotools' ``rleFrString``
+    Returns ``(starts, lengths, owner)``: column-major start and length of every
+    non-empty foreground run and the index of its mask, grouped by mask in input order,
+    ascending within a mask. Implements pycocotools' ``rleFrString``
     (5-bit groups, continuation bit 0x20, sign bit 0x10, counts from the third on stored
     as a difference to the count two places before) vectorised over all strings.
     """
@@ -260,7 +311,8 @@ def decode_rle_pixels(
     lens = np.asarray(lens_list, dtype=np.int64).reshape(n)
     buf = np.frombuffer(joined, dtype=np.uint8).astype(np.int64) - 48
     if buf.size == 0:
-        return np.zeros(0, np.int64), np.zeros(n, np.int64)
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), z.copy()
     if buf.min() < 0 or buf.max() > 63:
         bad = int(np.flatnonzero((buf < 0) | (buf > 63))[0])
         raise ValueError(
@@ -276,48 +328,53 @@ def decode_rle_pixels(
     tok_end = np.flatnonzero(is_end)
     tok_start = np.concatenate([[0], tok_end[:-1] + 1])
     tok_len = tok_end - tok_start + 1
-    if tok_len.max() > 12:
+    longest = int(tok_len.max())
+    if longest > 12:
         raise ValueError("RLE counts string holds a number too large for an image")
-    tok_of_char = np.repeat(np.arange(len(tok_end)), tok_len)
-    shift = 5 * (np.arange(buf.size) - tok_start[tok_of_char])
-    x = np.add.reduceat((buf & 0x1F) << shift, tok_start)
+    # Value of every number, 5 bits per character, least significant first. Numbers are
+    # 1-3 characters long, so a loop over character positions beats per-character arrays.
+    d = buf & 0x1F
+    x = d[tok_start]
+    for j in range(1, longest):
+        more = np.flatnonzero(tok_len > j)
+        x[more] |= d[tok_start[more] + j] << (5 * j)
     neg = (buf[tok_end] & 0x10) != 0
     x[neg] -= np.left_shift(1, 5 * tok_len[neg])
-    # Token -> string, and the token's position m inside its string.
+    # Number -> its string (owner) and position m inside the string.
     owner = np.repeat(np.arange(n), lens)[tok_end]
     ntok = np.bincount(owner, minlength=n)
-    first_tok = np.cumsum(ntok) - ntok
-    m = np.arange(len(x)) - first_tok[owner]
-    cnts = x.copy()
-    # cnts[m] = x[m] + cnts[m - 2] for m > 2: a running sum along each parity chain
-    # (odd m from 1, even m from 2), restarted for every string.
-    for chain in (m % 2 == 1, (m % 2 == 0) & (m >= 2)):
-        idx = np.flatnonzero(chain)
-        if idx.size == 0:
-            continue
-        vals = x[idx]
-        cs = np.cumsum(vals)
-        seg = owner[idx]
-        seg_start = np.concatenate([[0], np.flatnonzero(np.diff(seg)) + 1])
-        seg_len = np.diff(np.concatenate([seg_start, [idx.size]]))
-        cnts[idx] = cs - np.repeat(cs[seg_start] - vals[seg_start], seg_len)
+    first = (np.cumsum(ntok) - ntok)[owner]
+    m = np.arange(len(x)) - first
+    # cnts[m] = x[m] + cnts[m - 2] for m > 2: running sums along the odd (from m = 1) and
+    # even (from m = 2) positions of each string. Global stride-2 running sums minus their
+    # value just before the chain starts in the string.
+    run = np.empty_like(x)
+    run[0::2] = np.cumsum(x[0::2])
+    run[1::2] = np.cumsum(x[1::2])
+    chain0 = np.minimum(first + 2 - (m & 1), len(x) - 1)
+    cnts = run - (run[chain0] - x[chain0])
+    cnts[m == 0] = x[m == 0]
     if (cnts < 0).any():
         k = int(owner[np.flatnonzero(cnts < 0)[0]])
         raise ValueError(f"mask {k}: RLE has a negative run length")
-    ends = np.cumsum(cnts)
-    start_in_img = ends - cnts - (ends - cnts)[first_tok[owner]]
-    total = np.bincount(owner, weights=cnts, minlength=n)
+    before = np.cumsum(cnts) - cnts  # pixels before each run, from the first string on
+    start_in_img = before - before[first]
+    total = start_in_img + cnts
     if (total > height * width).any():
-        k = int(np.flatnonzero(total > height * width)[0])
-        raise ValueError(f"mask {k}: RLE covers {int(total[k])} pixels > {height}x{width}")
-    fg = (m % 2 == 1) & (cnts > 0)
-    starts, run_len, run_owner = start_in_img[fg], cnts[fg], owner[fg]
-    areas = np.bincount(run_owner, weights=run_len, minlength=n).astype(np.int64)
-    # Pixel k of the concatenated runs lies at its run's start plus its offset in the run.
-    pix = np.arange(int(run_len.sum())) + np.repeat(
-        starts - (np.cumsum(run_len) - run_len), run_len
-    )
-    return pix, areas
+        k = int(owner[np.flatnonzero(total > height * width)[0]])
+        raise ValueError(f"mask {k}: RLE covers more than {height}x{width} pixels")
+    fg = ((m & 1) == 1) & (cnts > 0)
+    return start_in_img[fg], cnts[fg], owner[fg]
+
+
+def decode_rle_pixels(
+    rles: Sequence[dict], height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pix, areas)``: column-major foreground pixels of many COCO RLEs, grouped by mask
+    in input order (ascending within a mask), and the (N,) int64 mask areas."""
+    starts, lengths, owner = decode_rle_runs(rles, height, width)
+    areas = np.bincount(owner, weights=lengths, minlength=len(rles)).astype(np.int64)
+    return _expand_runs(starts, lengths), areas
 
 
 def from_rles(
@@ -328,8 +385,8 @@ def from_rles(
         if not rles:
             raise ValueError("an empty RLE list needs height and width")
         height, width = (int(v) for v in rles[0]["size"])
-    pix, areas = decode_rle_pixels(rles, int(height), int(width))
-    return _from_pixels(pix, areas, int(height), int(width))
+    starts, lengths, owner = decode_rle_runs(rles, int(height), int(width))
+    return InstanceSet(int(height), int(width), starts, lengths, owner, len(rles))
 
 
 def as_instances(obj: InstancesLike, shape: tuple[int, int] | None = None) -> InstanceSet:
@@ -351,8 +408,7 @@ def as_instances(obj: InstancesLike, shape: tuple[int, int] | None = None) -> In
         if len(obj) == 0:
             if shape is None:
                 raise ValueError("an empty instance list needs the image shape")
-            h, w = shape
-            return InstanceSet(h, w, np.zeros(0, np.int64), label=np.zeros(h * w, np.int32))
+            return empty_instances(*shape)
         if isinstance(obj[0], dict):
             return from_rles(obj, *(shape if shape is not None else (None, None)))
         return from_masks(np.stack([np.asarray(m) for m in obj]))
@@ -364,7 +420,7 @@ def as_instance_pair(a: InstancesLike, b: InstancesLike) -> tuple[InstanceSet, I
     a_empty = isinstance(a, (list, tuple)) and len(a) == 0
     b_empty = isinstance(b, (list, tuple)) and len(b) == 0
     if a_empty and b_empty:  # nothing on either side: the image size does not matter
-        return as_instances(a, (0, 0)), as_instances(b, (0, 0))
+        return empty_instances(0, 0), empty_instances(0, 0)
     if a_empty:
         b = as_instances(b)
         a = as_instances(a, b.shape)
@@ -408,18 +464,39 @@ class Overlaps:
         )
 
 
-def _count_keys(keys: np.ndarray, na: int, nb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sum_by_key(
+    keys: np.ndarray, weights: np.ndarray | None, na: int, nb: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group ``keys = ia * nb + ib`` and add their weights (1 per key when None)."""
     if keys.size == 0:
-        z = np.zeros(0, np.int64)
-        return z, z.copy(), z.copy()
+        return _EMPTY, _EMPTY.copy(), _EMPTY.copy()
     if na * nb <= _DENSE_KEY_LIMIT:
-        table = np.bincount(keys, minlength=na * nb)
-        nz = np.flatnonzero(table != 0)  # on a bool array: ~4x faster than on int64
+        table = np.bincount(keys, weights=weights, minlength=na * nb)
+        nz = np.flatnonzero(table != 0)  # on a bool array: ~4x faster than on numbers
         inter = table[nz]
     else:
-        nz, inter = np.unique(keys, return_counts=True)
+        nz, inv = np.unique(keys, return_inverse=True)
+        inter = np.bincount(inv, weights=weights)
     ia, ib = np.divmod(nz, nb)
-    return ia.astype(np.int64), ib.astype(np.int64), inter.astype(np.int64)
+    return ia.astype(np.int64), ib.astype(np.int64), np.rint(inter).astype(np.int64)
+
+
+def _run_join(a: InstanceSet, b: InstanceSet) -> np.ndarray:
+    """Intersections of two sets whose runs are disjoint within each set, as weighted
+    keys: for every run of b, the runs of a it meets (a's runs are sorted and disjoint, so
+    their ends are sorted too and two binary searches bound them)."""
+    sa, ea = a.starts, a.starts + a.lengths
+    sb, eb = b.starts, b.starts + b.lengths
+    lo = np.searchsorted(ea, sb, side="right")  # first run of a ending after sb
+    hi = np.searchsorted(sa, eb, side="left")  # runs of a starting before eb
+    cnt = np.maximum(hi - lo, 0)
+    total = int(cnt.sum())
+    if total == 0:
+        return _EMPTY, _EMPTY
+    rb = np.repeat(np.arange(len(sb)), cnt)
+    ra = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+    length = np.minimum(ea[ra], eb[rb]) - np.maximum(sa[ra], sb[rb])
+    return a.inst[ra] * len(b) + b.inst[rb], length
 
 
 def _keys_through_label(
@@ -428,26 +505,6 @@ def _keys_through_label(
     lb = label[pix]
     keep = lb > 0
     return inst[keep].astype(np.int64) * nb + (lb[keep].astype(np.int64) - 1)
-
-
-def pairwise_overlaps(a: InstancesLike, b: InstancesLike) -> Overlaps:
-    """Exact pixel counts of every non-empty intersection between instances of a and b."""
-    a, b = as_instance_pair(a, b)
-    na, nb = len(a), len(b)
-    if na == 0 or nb == 0:
-        ia, ib, inter = _count_keys(np.zeros(0, np.int64), na, nb)
-    elif a.label is not None and b.label is not None:
-        both = (a.label > 0) & (b.label > 0)
-        keys = (a.label[both].astype(np.int64) - 1) * nb + (b.label[both].astype(np.int64) - 1)
-        ia, ib, inter = _count_keys(keys, na, nb)
-    elif b.label is not None:
-        pix, inst = a.pixels()
-        ia, ib, inter = _count_keys(_keys_through_label(pix, inst, b.label, nb), na, nb)
-    elif a.label is not None:
-        return pairwise_overlaps(b, a).swapped()
-    else:
-        ia, ib, inter = _count_keys(_keys_both_overlapping(a, b), na, nb)
-    return Overlaps(ia, ib, inter, a.areas, b.areas)
 
 
 def _keys_both_overlapping(a: InstanceSet, b: InstanceSet) -> np.ndarray:
@@ -471,3 +528,22 @@ def _keys_both_overlapping(a: InstanceSet, b: InstanceSet) -> np.ndarray:
         pos = np.repeat(lo, c) + (np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c))
         keys.append(iam[rep].astype(np.int64) * nb + ibm[pos])
     return np.concatenate(keys)
+
+
+def pairwise_overlaps(a: InstancesLike, b: InstancesLike) -> Overlaps:
+    """Exact pixel counts of every non-empty intersection between instances of a and b."""
+    a, b = as_instance_pair(a, b)
+    na, nb = len(a), len(b)
+    if na == 0 or nb == 0:
+        ia, ib, inter = _sum_by_key(_EMPTY, None, na, nb)
+    elif not a.overlapping and not b.overlapping:
+        keys, lengths = _run_join(a, b)
+        ia, ib, inter = _sum_by_key(keys, lengths, na, nb)
+    elif not b.overlapping:
+        pix, inst = a.pixels()
+        ia, ib, inter = _sum_by_key(_keys_through_label(pix, inst, b.label, nb), None, na, nb)
+    elif not a.overlapping:
+        return pairwise_overlaps(b, a).swapped()
+    else:
+        ia, ib, inter = _sum_by_key(_keys_both_overlapping(a, b), None, na, nb)
+    return Overlaps(ia, ib, inter, a.areas, b.areas)

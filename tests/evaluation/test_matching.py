@@ -78,6 +78,9 @@ def test_rle_uncompressed_counts_and_bytes():
     comp = _encode(m[None], as_str=False)[0]
     for r in (unc, comp):
         np.testing.assert_array_equal(from_rles([r]).masks()[0], m)
+    # Mixed counts types and numpy sizes take the per-mask path: same result.
+    as_str = {"size": np.array([5, 4]), "counts": comp["counts"].decode("ascii")}
+    np.testing.assert_array_equal(from_rles([unc, comp, as_str]).masks(), np.stack([m] * 3))
 
 
 def test_rle_errors_name_the_mask():
@@ -156,7 +159,8 @@ def _non_overlapping(masks):
     "kind_a,kind_b", [("label", "label"), ("list", "label"), ("label", "list"), ("list", "list")]
 )
 def test_sparse_overlaps_equal_dense_counting(kind_a, kind_b):
-    rng = np.random.default_rng(hash((kind_a, kind_b)) % 2**32)
+    rng = np.random.default_rng(sum(map(ord, kind_a + kind_b)))
+    seen = set()
     for _ in range(40):
         h, w = (int(v) for v in rng.integers(4, 16, 2))
         sets = []
@@ -175,10 +179,14 @@ def test_sparse_overlaps_equal_dense_counting(kind_a, kind_b):
         if isinstance(obj_b, list) and not obj_b:
             obj_b = np.zeros((0, h, w), bool)
         ov = pairwise_overlaps(obj_a, obj_b)
+        seen.add((as_instances(obj_a).overlapping, as_instances(obj_b).overlapping))
         got = {(int(i), int(j)): int(n) for i, j, n in zip(ov.ia, ov.ib, ov.inter)}
         assert got == _dense_pairs(ma, mb)
         assert ov.areas_a.tolist() == [int(m.sum()) for m in ma]
         assert ov.areas_b.tolist() == [int(m.sum()) for m in mb]
+    # Every code path (run join, label lookup either way, both overlapping) is exercised.
+    if kind_a == kind_b == "list":
+        assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
 def test_overlapping_sets_are_detected_and_counted():
