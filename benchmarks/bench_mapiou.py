@@ -18,6 +18,7 @@ reference runs once) and ratios are relative to nucdet on label images.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -152,9 +153,11 @@ def main() -> None:
     if not args.skip_dense:
         runs.append(("dense float32 one-hot matmul", lambda: dense_score(gt, pred), 1))
 
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"image {H}x{W}: {n_gt} GT cells, {n_pred} predicted; python "
-        f"{platform.python_version()}, numpy {np.__version__}"
+        f"{platform.python_version()}, numpy {np.__version__}; {os.cpu_count()} CPUs, "
+        f"load average {load}"
     )
     results = []
     for name, fn, reps in runs:

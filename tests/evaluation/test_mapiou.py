@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from nucdet.evaluation.mapiou import (
     map_iou_per_threshold,
     match_counts,
 )
+from nucdet.evaluation.matching import pairwise_overlaps
 from nucdet.structures import ImagePrediction
 
 T = [Fraction(p, 100) for p in range(50, 100, 5)]
@@ -249,3 +251,34 @@ def test_thresholds_are_exact_fractions():
     assert map_iou_per_threshold(gt, pred, thresholds=[0.7]).tolist() == [0.0]
     assert map_iou_per_threshold(gt, pred, thresholds=[0.7], strict=False).tolist() == [1.0]
     assert map_iou_per_threshold(gt, pred, thresholds=[0.69]).tolist() == [1.0]
+
+
+SHARED_DSB = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018" / "stage1_train"
+
+
+def test_real_dsb_masks_match_pycocotools_iou():
+    """Optional real-data check: exact overlaps equal pycocotools' IoU on DSB nuclei."""
+    if not SHARED_DSB.is_dir():
+        pytest.skip("../shared/data/dsb2018 not present")
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for sample in sorted(SHARED_DSB.iterdir())[:5]:
+        masks = [cv2.imread(str(f), 0) > 0 for f in sorted((sample / "masks").glob("*.png"))]
+        gt = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+        pred = []  # eroded by 0-2 pixels (stays free of overlaps), 10% dropped
+        for m in masks:
+            k = int(rng.integers(0, 3))
+            m2 = cv2.erode(m.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+            if m2.any() and rng.random() > 0.1:
+                pred.append(mask_utils.encode(np.asfortranarray(m2)))
+        iou = np.asarray(mask_utils.iou(gt, pred, [0] * len(pred)))
+        ov = pairwise_overlaps(gt, pred)
+        dense = np.zeros((len(gt), len(pred)))
+        dense[ov.ia, ov.ib] = ov.inter / ov.union
+        np.testing.assert_allclose(dense, iou, rtol=0, atol=1e-12, err_msg=sample.name)
+        expected = [
+            (iou > t).sum() / (len(gt) + len(pred) - (iou > t).sum())
+            for t in np.arange(0.5, 1.0, 0.05)
+        ]  # no overlaps on either side: counting IoU > t is exact
+        assert map_iou_image(gt, pred) == pytest.approx(np.mean(expected), abs=1e-12)
