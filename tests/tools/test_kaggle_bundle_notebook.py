@@ -1,0 +1,179 @@
+"""The offline Kaggle bundle end to end: build it for a tiny model, then run its notebook
+headless (nbclient) in a fresh virtual environment that, like a Kaggle image, has torch,
+torchvision and Jupyter but neither nucdet nor detectron2, with no package index.
+
+Slow (a few minutes: ~300 MB of wheels are repacked and installed): ``make test-slow``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_ROOT, tiny_cfg
+
+pytestmark = pytest.mark.slow
+
+# What the Kaggle GPU image provides and our fake base environment exposes.
+BASE_PACKAGES = ["torch", "torchvision", "ipykernel"]
+
+
+def make_tiny_model_dir(out: Path) -> Path:
+    """A training output dir (config.yaml + model_final.pth) of the untrained tiny model:
+    its predictions are noise, but the notebook's job is a valid submission."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    out.mkdir(parents=True)
+    cfg = tiny_cfg("TEST.DETECTIONS_PER_IMAGE", "30", "OUTPUT_DIR", str(out))
+    (out / "config.yaml").write_text(cfg.dump())
+    DetectionCheckpointer(build_model(cfg), save_dir=str(out)).save("model_final", iteration=7)
+    return out
+
+
+def expose_base_packages(site: Path) -> Path:
+    """A folder of symlinks to the installed files of BASE_PACKAGES and their requirements,
+    to be put on the fresh venv's sys.path with a .pth file (what Kaggle's image has)."""
+    from nucdet.tools.kaggle_bundle import installed_distributions, requirement_closure
+
+    installed = installed_distributions()
+    names = requirement_closure([("base", BASE_PACKAGES)], exclude=(), installed=installed)
+    site.mkdir()
+    for name in names:
+        dist = installed[name]
+        for top in {str(f).split("/")[0] for f in dist.files or []}:
+            if top.startswith("..") or top == "__pycache__" or (site / top).exists():
+                continue
+            target = Path(dist.locate_file(top))
+            if target.exists():
+                (site / top).symlink_to(target)
+    assert not (site / "nucdet").exists() and not (site / "detectron2").exists()
+    return site
+
+
+def test_bundle_notebook_writes_a_valid_submission(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from nucdet.io.rle import rle_decode
+    from nucdet.tools import kaggle_bundle
+
+    model = make_tiny_model_dir(tmp_path / "train_out" / "tiny")
+    bundle = tmp_path / "nucdet-bundle"
+    manifest_path = kaggle_bundle.main(
+        ["--model-dir", str(model), "--output", str(bundle), "--offline"]
+    )
+    manifest = json.loads(manifest_path.read_text())
+    names = {w["name"] for w in manifest["wheels"]}
+    assert {
+        "nucdet",
+        "sal-detectron2",
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "ensemble-boxes",
+        "yacs",
+        "omegaconf",
+        "hydra-core",
+    } <= names
+    assert not names & {"torch", "torchvision"}
+    assert not any(n.startswith("nvidia-") for n in names)
+
+    # Test images: Kaggle's test folder is flat <id>.png.
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    ids = sorted(p.name for p in (SAMPLE_ROOT / "stage1_train").iterdir())[:3]
+    for i in ids:
+        shutil.copy(SAMPLE_ROOT / "stage1_train" / i / "images" / f"{i}.png", test_dir)
+
+    # The "Kaggle image": a fresh venv (its own pip) + torch/torchvision/Jupyter via .pth.
+    venv = tmp_path / "kaggle-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    base = expose_base_packages(tmp_path / "kaggle-image-site")
+    (site / "kaggle_image.pth").write_text(f"{base}\n")
+    probe = (
+        "import torch, torchvision, ipykernel, importlib.util as u; "
+        "print(u.find_spec('nucdet'), u.find_spec('detectron2'))"
+    )
+    res = subprocess.run(
+        [str(py), "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["None", "None"], "the base env must lack nucdet/detectron2"
+
+    kernels = tmp_path / "jupyter" / "kernels" / "kaggle-like"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [str(py), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "kaggle-like",
+                "language": "python",
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # belt and braces: the notebook says --no-index
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/")  # unreachable on purpose
+
+    work = tmp_path / "working"
+    work.mkdir()
+    nb = nbformat.read(bundle / "kaggle_submission.ipynb", as_version=4)
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    # papermill-style: the injected cell follows the parameters cell and overrides it.
+    nb.cells.insert(
+        1,
+        nbformat.v4.new_code_cell(
+            f"BUNDLE_DIR = {str(bundle)!r}\nTEST_DIR = {str(test_dir)!r}\n"
+            f"WORK_DIR = {str(work)!r}\nDEVICE = 'cpu'\n"
+            "EXTRA_OPTS = ['POSTPROCESS.SCORE_THRESH', '[0.0]']\n"
+        ),
+    )
+    NotebookClient(
+        nb, kernel_name="kaggle-like", timeout=1200, resources={"metadata": {"path": str(work)}}
+    ).execute()
+
+    with open(work / "submission.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "predicted"]
+    assert {r[0] for r in rows[1:]} == set(ids)
+    from nucdet.data.imageio import image_size
+
+    for image_id, rle in rows[1:]:
+        if rle:
+            h, w = image_size(test_dir / f"{image_id}.png")
+            assert rle_decode(rle, (h, w), order="C").any()
+    # nucdet and detectron2 were installed from the bundle's wheels into the venv.
+    res = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import nucdet, detectron2; print(nucdet.__file__); print(detectron2.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    for line in res.stdout.split():
+        assert line.startswith(str(site)), line
