@@ -8,12 +8,13 @@ An ``InstanceSet`` holds the foreground runs of its instances (column-major star
 length, instance), the form COCO RLE already has and a label image yields with one
 comparison pass. Overlaps then come from:
 
-- both sets free of overlaps (label images, non-overlapping mask lists): an interval
-  join of the two sorted run lists (each run meets a handful of runs of the other set),
+- at least one set free of overlaps (label images, non-overlapping mask lists): an
+  interval join of the run lists (each run meets a handful of runs of the other set),
   with no per-pixel work at all;
-- one set with overlapping masks: its pixels looked up in the other set's label image;
-- both with overlaps: pixels covered once in ``b`` go through a label image, the few
-  pixels covered several times are joined explicitly.
+- both with overlaps (overlapping training masks against raw model outputs): the runs
+  of ``a`` are split into a few layers of disjoint runs, each joined as above; a
+  pathological overlap structure (more than 16 layers) falls back to a pixel path
+  (pixels covered once in ``b`` through a label image, the others joined explicitly).
 
 Inputs are normalised by ``as_instances``: label image (HxW int, 0 = background,
 arbitrary non-consecutive ids), dense (N, H, W) stack, list of COCO RLE dicts,
@@ -481,10 +482,10 @@ def _sum_by_key(
     return ia.astype(np.int64), ib.astype(np.int64), np.rint(inter).astype(np.int64)
 
 
-def _run_join(a: InstanceSet, b: InstanceSet) -> np.ndarray:
-    """Intersections of two sets whose runs are disjoint within each set, as weighted
-    keys: for every run of b, the runs of a it meets (a's runs are sorted and disjoint, so
-    their ends are sorted too and two binary searches bound them)."""
+def _run_join(a: InstanceSet, b: InstanceSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(inst_a, inst_b, length)`` of every intersecting pair of runs; a's runs must be
+    disjoint (then they are sorted by start and by end, and two binary searches bound the
+    runs of a that each run of b meets), b's runs may overlap."""
     sa, ea = a.starts, a.starts + a.lengths
     sb, eb = b.starts, b.starts + b.lengths
     lo = np.searchsorted(ea, sb, side="right")  # first run of a ending after sb
@@ -492,11 +493,40 @@ def _run_join(a: InstanceSet, b: InstanceSet) -> np.ndarray:
     cnt = np.maximum(hi - lo, 0)
     total = int(cnt.sum())
     if total == 0:
-        return _EMPTY, _EMPTY
+        return _EMPTY, _EMPTY, _EMPTY
     rb = np.repeat(np.arange(len(sb)), cnt)
     ra = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
     length = np.minimum(ea[ra], eb[rb]) - np.maximum(sa[ra], sb[rb])
-    return a.inst[ra] * len(b) + b.inst[rb], length
+    return a.inst[ra], b.inst[rb], length
+
+
+class _Runs:
+    """A subset of an instance set's runs (what ``_run_join`` reads)."""
+
+    def __init__(self, starts: np.ndarray, lengths: np.ndarray, inst: np.ndarray) -> None:
+        self.starts, self.lengths, self.inst = starts, lengths, inst
+
+
+def _disjoint_layers(s: InstanceSet, max_layers: int = 16) -> list[_Runs] | None:
+    """Split the start-sorted runs of an overlapping set into layers of disjoint runs.
+
+    Each pass takes the runs that start after every earlier remaining run has ended
+    (they cannot meet each other). Overlap chains are short in practice (2-3 passes);
+    None after ``max_layers`` passes, and the caller falls back to the pixel path.
+    """
+    idx = np.arange(len(s.starts))
+    layers = []
+    while idx.size:
+        if len(layers) == max_layers:
+            return None
+        st, en = s.starts[idx], s.starts[idx] + s.lengths[idx]
+        reach = np.maximum.accumulate(en)
+        free = np.ones(idx.size, bool)
+        free[1:] = st[1:] >= reach[:-1]
+        take = idx[free]
+        layers.append(_Runs(s.starts[take], s.lengths[take], s.inst[take]))
+        idx = idx[~free]
+    return layers
 
 
 def _keys_through_label(
@@ -536,14 +566,18 @@ def pairwise_overlaps(a: InstancesLike, b: InstancesLike) -> Overlaps:
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
         ia, ib, inter = _sum_by_key(_EMPTY, None, na, nb)
-    elif not a.overlapping and not b.overlapping:
-        keys, lengths = _run_join(a, b)
-        ia, ib, inter = _sum_by_key(keys, lengths, na, nb)
-    elif not b.overlapping:
-        pix, inst = a.pixels()
-        ia, ib, inter = _sum_by_key(_keys_through_label(pix, inst, b.label, nb), None, na, nb)
     elif not a.overlapping:
-        return pairwise_overlaps(b, a).swapped()
+        ra, rb, lengths = _run_join(a, b)
+        ia, ib, inter = _sum_by_key(ra * nb + rb, lengths, na, nb)
+    elif not b.overlapping:
+        rb, ra, lengths = _run_join(b, a)
+        ia, ib, inter = _sum_by_key(ra * nb + rb, lengths, na, nb)
     else:
-        ia, ib, inter = _sum_by_key(_keys_both_overlapping(a, b), None, na, nb)
+        layers = _disjoint_layers(a)
+        if layers is None:
+            ia, ib, inter = _sum_by_key(_keys_both_overlapping(a, b), None, na, nb)
+        else:
+            parts = [_run_join(layer, b) for layer in layers]
+            ra, rb, lengths = (np.concatenate(x) for x in zip(*parts))
+            ia, ib, inter = _sum_by_key(ra * nb + rb, lengths, na, nb)
     return Overlaps(ia, ib, inter, a.areas, b.areas)

@@ -218,3 +218,19 @@ def test_boxes_and_coords():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="different image sizes"):
         pairwise_overlaps(np.zeros((3, 4), int), np.zeros((4, 3), int))
+
+
+def test_long_overlap_chains_fall_back_to_the_pixel_path():
+    # 20 masks in one column, each overlapping the next: 20 layers of disjoint runs, more
+    # than the layered join takes, so the pixel path must give the same counts.
+    a = np.zeros((20, 24, 3), bool)
+    for i in range(20):
+        a[i, i : i + 3, 0] = True
+    b = np.roll(a, 1, axis=1)
+    from nucdet.evaluation.matching import _disjoint_layers
+
+    assert _disjoint_layers(from_masks(a)) is None
+    assert len(_disjoint_layers(from_masks(a), max_layers=64)) == 20
+    ov = pairwise_overlaps(a, b)
+    got = {(int(i), int(j)): int(n) for i, j, n in zip(ov.ia, ov.ib, ov.inter)}
+    assert got == _dense_pairs(a, b)
