@@ -90,7 +90,7 @@ def paste_crop(probs: np.ndarray, box: np.ndarray, height: int, width: int,
         width,
         skip_empty=True,
     )
-    return (crop[0] >= mask_thresh).numpy(), (ys.start, xs.start)
+    return (crop[0] >= mask_thresh).numpy(), (int(ys.start), int(xs.start))
 
 
 def raw_to_prediction(raw: RawDetections, image_id: str = "",
