@@ -139,6 +139,9 @@ class NucleiEvaluator(DatasetEvaluator):
         predictions = self._gather()
         if predictions is None:
             return OrderedDict()
+        if not predictions:
+            logger.warning("%s: NucleiEvaluator received no predictions", self.dataset_name)
+            return OrderedDict()
         by_id: dict[str, ImagePrediction] = {}
         for p in predictions:
             if p.image_id in by_id:

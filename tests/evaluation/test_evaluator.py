@@ -161,6 +161,7 @@ def test_postprocess_and_extra_metrics(dataset_name):
 def test_unknown_image_and_bad_outputs(dataset_name):
     ev = NucleiEvaluator(dataset_name)
     ev.reset()
+    assert ev.evaluate() == {}  # nothing processed: nothing to report (as COCOEvaluator)
     ev.process([{"file_name": "/x/other.png"}], [_output([A1], [0.9])])
     with pytest.raises(KeyError, match="other"):
         ev.evaluate()
