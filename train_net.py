@@ -19,6 +19,8 @@ SOLVER.BEST_CHECKPOINT.METRIC when TEST.EVAL_PERIOD > 0). Plot the curves with
 from __future__ import annotations
 
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from nucdet.data.register import register_all
 from nucdet.engine.checkpoint import NucleiCheckpointer
@@ -31,6 +33,8 @@ def setup(args):
     cfg = prepare_training_cfg(build_cfg(args.config_file, args.opts))
     cfg.freeze()
     default_setup(cfg, args)  # writes OUTPUT_DIR/config.yaml, sets up logging and seeds
+    # detectron2 logs its own and fvcore's messages to OUTPUT_DIR/log.txt; add nucdet's.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nucdet")
     register_all(cfg)
     return cfg
 
