@@ -20,6 +20,8 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.DATASETS.REGISTER = []
 
     # ---- data: mapper and augmentation (nucdet.data.mapper, nucdet.data.augment) ---------
+    # nucdet annotations are RLE: bitmask by default (detectron2's default is polygon).
+    _C.INPUT.MASK_FORMAT = "bitmask"
     # Dataset mapper by name in nucdet.data.mapper.MAPPER_REGISTRY.
     _C.INPUT.MAPPER = "NucleiDatasetMapper"
     _C.INPUT.AUG = CN()

@@ -16,6 +16,7 @@ Predefined names (root = ``cfg.DATASETS.ROOT`` or ``$NUCDET_DATASETS`` or ``./da
 ``dsb2018_sample_{train,val,all}``   bundled sample, ``data/dsb2018_sample``
 ``dsb2018_{all}``                    ``<root>/dsb2018/stage1_train``
 ``dsb2018_fold{k}_{train,val}``      k = 0..4, grouped by image, stratified by modality
+                                     (``nucdet.data.folds.stratified_group_kfold``)
 =================================  =============================================
 """
 
@@ -153,22 +154,6 @@ def cached_build(tag: str, sources: list[Path], build: Callable[[Path], Any]) ->
     return path
 
 
-def split_folds(ids_by_group: dict[str, str], k: int = NUM_FOLDS) -> dict[str, int]:
-    """Deterministic grouped, stratified fold of every id: ids of each stratum are ordered
-    by a hash of the id and dealt round-robin to the k folds."""
-    folds: dict[str, int] = {}
-    strata: dict[str, list[str]] = {}
-    for i, s in ids_by_group.items():
-        strata.setdefault(s, []).append(i)
-    offset = 0
-    for s in sorted(strata):
-        ordered = sorted(strata[s], key=lambda i: hashlib.sha1(i.encode()).hexdigest())
-        for rank, i in enumerate(ordered):
-            folds[i] = (rank + offset) % k
-        offset += len(ordered)
-    return folds
-
-
 def _dsb_builder(root: Path, tag: str, select: Callable[[dict], list[str]] | None):
     from nucdet.data.dsb import dsb_to_coco, list_dsb_ids
 
@@ -204,9 +189,12 @@ def register_dsb_folder(prefix: str, dsb_root: Path, split: dict[str, list[str]]
     def fold_ids(meta: dict, k: int, part: str) -> list[str]:
         from nucdet.data.dsb import list_dsb_ids
 
+        from nucdet.data.folds import stratified_group_kfold
+
         ids = list_dsb_ids(dsb_root)
-        folds = split_folds({i: meta.get(i, {}).get("modality", "") for i in ids}, num_folds)
-        return [i for i in ids if (folds[i] == k) == (part == "val")]
+        strata = [meta.get(i, {}).get("modality", "") for i in ids]
+        folds = stratified_group_kfold(ids, strata, num_folds)
+        return [i for i, f in zip(ids, folds) if (f == k) == (part == "val")]
 
     for k in range(num_folds):
         for part in ("train", "val"):

@@ -6,7 +6,7 @@ import shutil
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from nucdet.data.dsb import dsb_to_coco
-from nucdet.data.register import register_coco, register_dsb_folder, split_folds
+from nucdet.data.register import register_coco, register_dsb_folder
 
 
 def test_sample_splits(registered, sample_root):
@@ -51,12 +51,19 @@ def test_cache_rebuilt_when_source_changes(tmp_path, sample_root, monkeypatch):
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
-def test_split_folds_grouped_and_stratified():
-    strata = {f"id{i}": ("stained" if i % 4 == 0 else "fluo") for i in range(40)}
-    folds = split_folds(strata, 5)
-    assert set(folds) == set(strata)
-    for k in range(5):
-        members = [i for i, f in folds.items() if f == k]
-        assert len(members) == 8
-        assert sum(strata[i] == "stained" for i in members) == 2
-    assert split_folds(strata, 5) == folds
+def test_predefined_dsb_folds_partition_images(tmp_path, sample_root, monkeypatch):
+    """dsb2018_fold{k}: every image in exactly one val fold; train = the rest."""
+    monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "dsb" / "stage1_train"
+    shutil.copytree(sample_root / "stage1_train", root)
+    shutil.copy(sample_root / "samples.json", root.parent / "samples.json")
+    register_dsb_folder("test_folds", root, num_folds=3)
+    stems = lambda n: {d["file_name"].rsplit("/", 1)[-1][:-4] for d in DatasetCatalog.get(n)}  # noqa: E731
+    all_ids = {p.name for p in root.iterdir()}
+    vals = [stems(f"test_folds_fold{k}_val") for k in range(3)]
+    assert set().union(*vals) == all_ids and sum(map(len, vals)) == len(all_ids)
+    samples = json.loads((root.parent / "samples.json").read_text())
+    for k in range(3):
+        assert stems(f"test_folds_fold{k}_train") == all_ids - vals[k]
+        # 6 stained images (>= 3 groups): the stratum appears in every val fold
+        assert any(samples[i]["modality"] == "stained" for i in vals[k])
