@@ -54,8 +54,9 @@ def main() -> None:
     (out / "stage1_train").mkdir(parents=True, exist_ok=True)
     meta = {}
     for image_id in split["train"] + split["val"]:
-        shutil.copytree(src / "stage1_train" / image_id, out / "stage1_train" / image_id,
-                        dirs_exist_ok=True)
+        shutil.copytree(
+            src / "stage1_train" / image_id, out / "stage1_train" / image_id, dirs_exist_ok=True
+        )
         meta[image_id] = samples[image_id]
     (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     (out / "samples.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -9,16 +9,18 @@ PRED_COLOR = (0, 255, 255)  # yellow (BGR)
 GT_COLOR = (0, 200, 0)  # green (BGR)
 
 
-def draw_outlines(image_bgr: np.ndarray, labels: np.ndarray,
-                  color: tuple[int, int, int] = PRED_COLOR) -> np.ndarray:
+def draw_outlines(
+    image_bgr: np.ndarray, labels: np.ndarray, color: tuple[int, int, int] = PRED_COLOR
+) -> np.ndarray:
     """Copy of ``image_bgr`` with the inner outline of every instance of a label image."""
     out = image_bgr.copy()
     out[find_boundaries(labels, mode="inner")] = color
     return out
 
 
-def prediction_overlay(image_bgr: np.ndarray, pred_labels: np.ndarray,
-                       gt_labels: np.ndarray | None = None) -> np.ndarray:
+def prediction_overlay(
+    image_bgr: np.ndarray, pred_labels: np.ndarray, gt_labels: np.ndarray | None = None
+) -> np.ndarray:
     """Predicted outlines; with ground truth, GT outlines on the left, predictions right."""
     pred = draw_outlines(image_bgr, pred_labels, PRED_COLOR)
     if gt_labels is None:

@@ -48,10 +48,14 @@ def tiny_cfg(*opts: str):
     return build_cfg(
         TINY_CONFIG,
         [
-            "MODEL.DEVICE", "cpu",
-            "DATALOADER.NUM_WORKERS", "0",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
+            "MODEL.DEVICE",
+            "cpu",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            "64",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            "500",
             *opts,
         ],
     )

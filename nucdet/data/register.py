@@ -40,8 +40,14 @@ logger = logging.getLogger(__name__)
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 SAMPLE_ROOT = REPO_DATA / "dsb2018_sample"
 NUM_FOLDS = 5
-IMAGE_EXTRA_KEYS = ("modality", "cell_type", "sample_id", "plate_time", "sample_date",
-                    "elapsed_timedelta")
+IMAGE_EXTRA_KEYS = (
+    "modality",
+    "cell_type",
+    "sample_id",
+    "plate_time",
+    "sample_date",
+    "elapsed_timedelta",
+)
 
 
 def cache_dir() -> Path:
@@ -65,8 +71,9 @@ def coco_to_dicts(coco: dict, image_root: str | os.PathLike, source: str = "") -
     by_image: dict[int, list[dict]] = {}
     for ann in coco.get("annotations", []):
         if ann["category_id"] not in contiguous:
-            raise ValueError(f"{source}: annotation {ann.get('id')} has unknown category "
-                             f"{ann['category_id']}")
+            raise ValueError(
+                f"{source}: annotation {ann.get('id')} has unknown category {ann['category_id']}"
+            )
         by_image.setdefault(ann["image_id"], []).append(
             {
                 "bbox": ann["bbox"],
@@ -94,8 +101,9 @@ def _thing_classes(coco: dict) -> list[str]:
     return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
 
 
-def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike,
-                  **metadata: Any) -> None:
+def register_coco(
+    name: str, json_file: str | os.PathLike, image_root: str | os.PathLike, **metadata: Any
+) -> None:
     """Register a COCO instance JSON under ``name`` (idempotent, see module docstring)."""
     json_file, image_root = str(json_file), str(image_root)
     if name in DatasetCatalog.list():
@@ -115,8 +123,9 @@ def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.
     )
 
 
-def register_lazy(name: str, build: Callable[[], tuple[Path, Path]], thing_classes: list[str],
-                  **metadata: Any) -> None:
+def register_lazy(
+    name: str, build: Callable[[], tuple[Path, Path]], thing_classes: list[str], **metadata: Any
+) -> None:
     """Register ``name`` whose COCO file is produced by ``build()`` on first use.
 
     ``build`` returns ``(json_file, image_root)``; it is called when the dataset is loaded,
@@ -130,8 +139,9 @@ def register_lazy(name: str, build: Callable[[], tuple[Path, Path]], thing_class
         return coco_to_dicts(load_coco(json_file), image_root, source=str(json_file))
 
     DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(thing_classes=list(thing_classes), evaluator_type="nuclei",
-                                  **metadata)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(thing_classes), evaluator_type="nuclei", **metadata
+    )
 
 
 def fingerprint(paths: list[Path]) -> str:
@@ -167,7 +177,8 @@ def _dsb_builder(root: Path, tag: str, select: Callable[[dict], list[str]] | Non
         meta = json.loads(samples_json.read_text()) if samples_json.is_file() else {}
         ids = list_dsb_ids(root) if select is None else select(meta)
         out = cached_build(
-            tag, [root, samples_json] if samples_json.is_file() else [root],
+            tag,
+            [root, samples_json] if samples_json.is_file() else [root],
             lambda p: dsb_to_coco(root, p, image_ids=ids),
         )
         return out, root
@@ -175,20 +186,22 @@ def _dsb_builder(root: Path, tag: str, select: Callable[[dict], list[str]] | Non
     return build
 
 
-def register_dsb_folder(prefix: str, dsb_root: Path, split: dict[str, list[str]] | None = None,
-                        num_folds: int = NUM_FOLDS) -> None:
+def register_dsb_folder(
+    prefix: str,
+    dsb_root: Path,
+    split: dict[str, list[str]] | None = None,
+    num_folds: int = NUM_FOLDS,
+) -> None:
     """Register ``<prefix>_all`` and either the given splits or k grouped folds."""
     register_lazy(f"{prefix}_all", _dsb_builder(dsb_root, f"{prefix}_all", None), ["nucleus"])
     if split is not None:
         for part, ids in split.items():
             name = f"{prefix}_{part}"
-            register_lazy(name, _dsb_builder(dsb_root, name, lambda m, ids=ids: ids),
-                          ["nucleus"])
+            register_lazy(name, _dsb_builder(dsb_root, name, lambda m, ids=ids: ids), ["nucleus"])
         return
 
     def fold_ids(meta: dict, k: int, part: str) -> list[str]:
         from nucdet.data.dsb import list_dsb_ids
-
         from nucdet.data.folds import stratified_group_kfold
 
         ids = list_dsb_ids(dsb_root)

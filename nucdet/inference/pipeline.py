@@ -27,8 +27,11 @@ from nucdet.visualize import prediction_overlay
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-SUBMISSION_NAMES = {"kaggle": "submission.csv", "dsb": "submission_dsb.csv",
-                    "coco": "coco_results.json"}
+SUBMISSION_NAMES = {
+    "kaggle": "submission.csv",
+    "dsb": "submission_dsb.csv",
+    "coco": "coco_results.json",
+}
 
 
 @dataclass
@@ -63,8 +66,9 @@ def dataset_inputs(name: str) -> list[InputImage]:
     out = []
     for d in DatasetCatalog.get(name):
         extra = {k: d[k] for k in ("modality", "cell_type") if k in d}
-        out.append(InputImage(Path(d["file_name"]).stem, d["file_name"],
-                              d.get("annotations"), extra))
+        out.append(
+            InputImage(Path(d["file_name"]).stem, d["file_name"], d.get("annotations"), extra)
+        )
     return out
 
 
@@ -120,16 +124,19 @@ def run_inference(
                 scores[item.image_id] = float(map_iou_image(gt, pred.rles))
             if k < num_overlays:
                 over = prediction_overlay(
-                    image, pred.label_image(),
+                    image,
+                    pred.label_image(),
                     None if gt is None else _labels(gt, pred.height, pred.width),
                 )
                 ok, png = cv2.imencode(".png", over)
                 atomic_write_bytes(output_dir / "overlays" / f"{item.image_id}.png", png.tobytes())
-    metrics: dict = {"images": len(inputs), "instances": int(sum(counts.values())),
-                     "submission": str(output_dir / SUBMISSION_NAMES[fmt])}
+    metrics: dict = {
+        "images": len(inputs),
+        "instances": int(sum(counts.values())),
+        "submission": str(output_dir / SUBMISSION_NAMES[fmt]),
+    }
     if scores and len(scores) == len(inputs):
         metrics["MaP-IoU"] = float(np.mean(list(scores.values())))
         metrics["per_image"] = scores
     atomic_write_json(output_dir / "metrics.json", metrics, indent=1)
     return metrics
-

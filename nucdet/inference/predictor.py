@@ -71,13 +71,15 @@ class Predictor:
             w,
         )
 
-    def __call__(self, image_bgr: np.ndarray, image_id: str = "",
-                 mask_thresh: float = 0.5) -> ImagePrediction:
+    def __call__(
+        self, image_bgr: np.ndarray, image_id: str = "", mask_thresh: float = 0.5
+    ) -> ImagePrediction:
         return raw_to_prediction(self.raw(image_bgr), image_id, mask_thresh)
 
 
-def paste_crop(probs: np.ndarray, box: np.ndarray, height: int, width: int,
-               mask_thresh: float = 0.5) -> tuple[np.ndarray, tuple[int, int]]:
+def paste_crop(
+    probs: np.ndarray, box: np.ndarray, height: int, width: int, mask_thresh: float = 0.5
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Paste one MxM probability grid into its box: (bool crop, (y0, x0) of the crop).
 
     Uses detectron2's ``_do_paste_mask`` with ``skip_empty`` (its own CPU path), so the
@@ -93,8 +95,9 @@ def paste_crop(probs: np.ndarray, box: np.ndarray, height: int, width: int,
     return (crop[0] >= mask_thresh).numpy(), (int(ys.start), int(xs.start))
 
 
-def raw_to_prediction(raw: RawDetections, image_id: str = "",
-                      mask_thresh: float = 0.5) -> ImagePrediction:
+def raw_to_prediction(
+    raw: RawDetections, image_id: str = "", mask_thresh: float = 0.5
+) -> ImagePrediction:
     """Paste and threshold every mask into an ``ImagePrediction`` (full-size RLEs)."""
     rles = []
     for probs, box in zip(raw.mask_probs, raw.boxes):
@@ -112,5 +115,6 @@ def find_weights(model_dir: str | os.PathLike) -> Path:
     last = model_dir / "last_checkpoint"
     if last.is_file():
         return model_dir / last.read_text().strip()
-    raise FileNotFoundError(f"no weights in {model_dir} (model_best.pth, model_final.pth, "
-                            "last_checkpoint)")
+    raise FileNotFoundError(
+        f"no weights in {model_dir} (model_best.pth, model_final.pth, last_checkpoint)"
+    )

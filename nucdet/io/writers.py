@@ -106,8 +106,12 @@ class CocoJsonWriter(SubmissionWriter):
 
     suffix = ".json"
 
-    def __init__(self, path, image_ids: dict[str, int] | None = None,
-                 category_ids: dict[int, int] | None = None):
+    def __init__(
+        self,
+        path,
+        image_ids: dict[str, int] | None = None,
+        category_ids: dict[int, int] | None = None,
+    ):
         self.image_ids = dict(image_ids or {})
         self.category_ids = category_ids
         self._images: list[dict] = []
@@ -121,8 +125,9 @@ class CocoJsonWriter(SubmissionWriter):
         if pred.image_id not in self.image_ids:
             self.image_ids[pred.image_id] = len(self.image_ids) + 1
         coco_id = self.image_ids[pred.image_id]
-        self._images.append({"id": coco_id, "file_name": pred.image_id,
-                             "height": pred.height, "width": pred.width})
+        self._images.append(
+            {"id": coco_id, "file_name": pred.image_id, "height": pred.height, "width": pred.width}
+        )
         boxes = pred.boxes_xywh()
         for rle, score, cls, box in zip(pred.rles, pred.scores, pred.classes, boxes):
             counts = rle["counts"]
@@ -131,9 +136,10 @@ class CocoJsonWriter(SubmissionWriter):
                 "category_id": (self.category_ids or {}).get(int(cls), int(cls) + 1),
                 "score": round(float(score), 5),
                 "bbox": [round(float(v), 2) for v in box],
-                "segmentation": {"size": list(rle["size"]),
-                                 "counts": counts.decode() if isinstance(counts, bytes)
-                                 else counts},
+                "segmentation": {
+                    "size": list(rle["size"]),
+                    "counts": counts.decode() if isinstance(counts, bytes) else counts,
+                },
             }
             self._f.write(("" if self._first else ",\n") + json.dumps(det))
             self._first = False

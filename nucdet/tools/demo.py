@@ -36,13 +36,34 @@ def main(argv=None) -> None:
     if not out.is_absolute():
         out = REPO / out
     t0 = time.time()
-    run([sys.executable, "train_net.py", "--config-file", CONFIG,
-         "SOLVER.MAX_ITER", str(args.iters), "OUTPUT_DIR", str(out / "model"),
-         # infer.py scores the held-out images next; no second evaluation at the end.
-         "DATASETS.TEST", "()"])
+    run(
+        [
+            sys.executable,
+            "train_net.py",
+            "--config-file",
+            CONFIG,
+            "SOLVER.MAX_ITER",
+            str(args.iters),
+            "OUTPUT_DIR",
+            str(out / "model"),
+            # infer.py scores the held-out images next; no second evaluation at the end.
+            "DATASETS.TEST",
+            "()",
+        ]
+    )
     t1 = time.time()
-    run([sys.executable, "infer.py", "--model-dir", str(out / "model"),
-         "--dataset", "dsb2018_sample_val", "--output", str(out / "infer")])
+    run(
+        [
+            sys.executable,
+            "infer.py",
+            "--model-dir",
+            str(out / "model"),
+            "--dataset",
+            "dsb2018_sample_val",
+            "--output",
+            str(out / "infer"),
+        ]
+    )
     metrics = json.loads((out / "infer" / "metrics.json").read_text())
     print(
         f"\nnucdet demo done in {time.time() - t0:.0f} s (training {t1 - t0:.0f} s).\n"

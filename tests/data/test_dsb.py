@@ -29,12 +29,18 @@ def test_dsb_to_coco_matches_pngs(tmp_path, sample_root):
         anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
         assert len(anns) == len(expected) == samples[image_id]["instances"]
         for a, m in zip(anns, expected):
-            seg = {"size": a["segmentation"]["size"],
-                   "counts": a["segmentation"]["counts"].encode()}
+            seg = {
+                "size": a["segmentation"]["size"],
+                "counts": a["segmentation"]["counts"].encode(),
+            }
             assert (mask_utils.decode(seg).astype(bool) == m).all()
             ys, xs = np.nonzero(m)
-            assert a["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
-                                 ys.max() - ys.min() + 1]
+            assert a["bbox"] == [
+                xs.min(),
+                ys.min(),
+                xs.max() - xs.min() + 1,
+                ys.max() - ys.min() + 1,
+            ]
             assert a["area"] == m.sum()
 
 

@@ -49,8 +49,14 @@ def test_empty_and_full():
 
 @pytest.mark.parametrize(
     "bad, msg",
-    [("1 2 3", "odd"), ("0 2", "below 1"), ("1 0", "<= 0"), ("5 3", "past the end"),
-     ("1 3 2 1", "overlap"), ("a 1", "non-integer")],
+    [
+        ("1 2 3", "odd"),
+        ("0 2", "below 1"),
+        ("1 0", "<= 0"),
+        ("5 3", "past the end"),
+        ("1 3 2 1", "overlap"),
+        ("a 1", "non-integer"),
+    ],
 )
 def test_malformed(bad, msg):
     with pytest.raises(ValueError, match=msg):

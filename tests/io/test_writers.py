@@ -13,10 +13,11 @@ from nucdet.structures import ImagePrediction
 
 
 def _pred(image_id, masks, scores=None):
-    h, w = (masks[0].shape if masks else (4, 5))
+    h, w = masks[0].shape if masks else (4, 5)
     scores = np.linspace(0.9, 0.5, len(masks)) if scores is None else scores
-    return ImagePrediction(image_id, h, w, [mask_to_coco_rle(m) for m in masks], scores,
-                           np.zeros(len(masks), np.int64))
+    return ImagePrediction(
+        image_id, h, w, [mask_to_coco_rle(m) for m in masks], scores, np.zeros(len(masks), np.int64)
+    )
 
 
 @pytest.fixture
@@ -38,8 +39,12 @@ def test_kaggle_csv_row_major_and_empty_image(tmp_path, preds):
         for p in preds:
             w.add(p)
     rows = _rows(tmp_path / "sub.csv")
-    assert rows == [["id", "predicted"], ["img_a", "7 3"], ["img_a", "15 1 20 1"],
-                    ["img_empty", ""]]
+    assert rows == [
+        ["id", "predicted"],
+        ["img_a", "7 3"],
+        ["img_a", "15 1 20 1"],
+        ["img_empty", ""],
+    ]
 
 
 def test_dsb_csv_column_major(tmp_path, preds):
@@ -53,9 +58,14 @@ def test_dsb_csv_column_major(tmp_path, preds):
 
 
 def test_coco_results_load_in_pycocotools(tmp_path, preds):
-    gt = {"images": [{"id": 7, "file_name": "img_a.png", "height": 4, "width": 5},
-                     {"id": 9, "file_name": "img_empty.png", "height": 4, "width": 5}],
-          "annotations": [], "categories": [{"id": 1, "name": "nucleus"}]}
+    gt = {
+        "images": [
+            {"id": 7, "file_name": "img_a.png", "height": 4, "width": 5},
+            {"id": 9, "file_name": "img_empty.png", "height": 4, "width": 5},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "nucleus"}],
+    }
     with make_writer("coco", tmp_path / "res.json", image_ids={"img_a": 7, "img_empty": 9}) as w:
         for p in preds:
             w.add(p)
@@ -82,8 +92,10 @@ def test_failed_run_leaves_existing_file_untouched(tmp_path, preds):
 
 
 def test_duplicate_image_and_unknown_format(tmp_path, preds):
-    with pytest.raises(ValueError, match="added twice"), make_writer("kaggle",
-                                                                     tmp_path / "s.csv") as w:
+    with (
+        pytest.raises(ValueError, match="added twice"),
+        make_writer("kaggle", tmp_path / "s.csv") as w,
+    ):
         w.add(preds[0])
         w.add(preds[0])
     with pytest.raises(ValueError, match="unknown submission format"):
