@@ -2,6 +2,8 @@
 
     python -m nucdet.evaluation.score --submission submission.csv --format kaggle \\
         --gt val.json [--image-root DIR] [--group-key modality] [--output metrics.json]
+    python -m nucdet.evaluation.score --submission submission.csv --format kaggle \\
+        --dataset dsb2018_sample_val
 
 Formats: ``kaggle`` (Sartorius ``id,predicted``, row-major RLE), ``dsb`` (DSB2018
 ``ImageId,EncodedPixels``, column-major RLE), ``coco`` (COCO results JSON with scores).
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--submission", required=True, help="submission file")
     p.add_argument("--format", required=True, choices=sorted(READERS))
-    p.add_argument("--gt", required=True, help="ground truth as COCO instance JSON")
+    gt = p.add_mutually_exclusive_group(required=True)
+    gt.add_argument("--gt", help="ground truth as COCO instance JSON")
+    gt.add_argument("--dataset", help="ground truth as a registered dataset name")
     p.add_argument("--image-root", help="folder of the GT images (for images without height/width)")
     p.add_argument(
         "--group-key",
@@ -80,6 +84,18 @@ def _load_gt(path: str, image_root: str | None) -> GtDataset:
             )
         im["height"], im["width"] = image_size(Path(image_root) / im["file_name"])
     return GtDataset.from_coco(coco, source=path)
+
+
+def _load_registered(name: str) -> GtDataset:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from nucdet.data.register import register_all
+
+    register_all()
+    if name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {name!r} is not registered (see nucdet.data.register)")
+    classes = MetadataCatalog.get(name).thing_classes
+    return GtDataset.from_dataset_dicts(DatasetCatalog.get(name), classes, source=name)
 
 
 def _table(rows: list[dict[str, Any]], key: str | None) -> list[str]:
@@ -113,7 +129,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    gt = _load_gt(args.gt, args.image_root)
+    gt = _load_registered(args.dataset) if args.dataset else _load_gt(args.gt, args.image_root)
     preds = READERS[args.format](args.submission, gt, args)
     metrics = ("map_iou", "coco") if args.format == "coco" else ("map_iou",)
     group_key = None if args.group_key.lower() == "none" else args.group_key
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "submission": str(args.submission),
         "format": args.format,
-        "gt": str(args.gt),
+        "gt": str(args.gt or args.dataset),
         "results": results,
         "per_image": rows,
     }
