@@ -17,7 +17,12 @@ Predefined names (root = ``cfg.DATASETS.ROOT`` or ``$NUCDET_DATASETS`` or ``./da
 ``dsb2018_{all}``                    ``<root>/dsb2018/stage1_train``
 ``dsb2018_fold{k}_{train,val}``      k = 0..4, grouped by image, stratified by modality
                                      (``nucdet.data.folds.stratified_group_kfold``)
+``sartorius_train``                  ``<root>/sartorius/train.csv`` + ``train/``
+``sartorius_fold{k}_{train,val}``    grouped by ``sample_id``, stratified by cell type
 =================================  =============================================
+
+Sartorius classes are in sorted order: ``astro``, ``cort``, ``shsy5y`` (per-class config
+lists such as ``POSTPROCESS.SCORE_THRESH`` follow it).
 """
 
 from __future__ import annotations
@@ -219,12 +224,60 @@ def register_dsb_folder(
             )
 
 
+SARTORIUS_CLASSES = ["astro", "cort", "shsy5y"]
+
+
+def _write_fold(full_json: Path, out: Path, k: int, part: str, num_folds: int) -> None:
+    from nucdet.data.folds import image_groups_and_strata, stratified_group_kfold, subset_coco
+    from nucdet.io.atomic import atomic_write_json
+
+    coco = load_coco(full_json)
+    groups, strata = image_groups_and_strata(coco, "sample_id", None, str(full_json))
+    folds = stratified_group_kfold(groups, strata, num_folds)
+    ids = {im["id"] for im, f in zip(coco["images"], folds) if (f == k) == (part == "val")}
+    atomic_write_json(out, subset_coco(coco, ids, {"fold": k, "part": part}))
+
+
+def register_sartorius(prefix: str, root: Path, num_folds: int = NUM_FOLDS) -> None:
+    """Register ``<prefix>_train`` (all of train.csv) and its grouped folds, lazily."""
+    csv_file, images = root / "train.csv", root / "train"
+
+    def full() -> Path:
+        from nucdet.data.sartorius import sartorius_to_coco
+
+        if not csv_file.is_file():
+            raise FileNotFoundError(
+                f"dataset {prefix}: {csv_file} not found (set DATASETS.ROOT or $NUCDET_DATASETS)"
+            )
+        return cached_build(
+            f"{prefix}_all",
+            [csv_file, images],
+            lambda p: sartorius_to_coco(csv_file, p, images, categories=SARTORIUS_CLASSES),
+        )
+
+    register_lazy(f"{prefix}_train", lambda: (full(), images), SARTORIUS_CLASSES)
+    for k in range(num_folds):
+        for part in ("train", "val"):
+
+            def build(k: int = k, part: str = part) -> tuple[Path, Path]:
+                src = full()
+                out = cached_build(
+                    f"{prefix}_fold{k}_{part}",
+                    [src],
+                    lambda p: _write_fold(src, p, k, part, num_folds),
+                )
+                return out, images
+
+            register_lazy(f"{prefix}_fold{k}_{part}", build, SARTORIUS_CLASSES)
+
+
 def register_all(cfg: Any = None) -> None:
     """Register the predefined datasets and ``cfg.DATASETS.REGISTER`` (idempotent)."""
     if (SAMPLE_ROOT / "split.json").is_file():
         split = json.loads((SAMPLE_ROOT / "split.json").read_text())
         register_dsb_folder("dsb2018_sample", SAMPLE_ROOT / "stage1_train", split=split)
     register_dsb_folder("dsb2018", datasets_root(cfg) / "dsb2018" / "stage1_train")
+    register_sartorius("sartorius", datasets_root(cfg) / "sartorius")
     if cfg is not None:
         for entry in cfg.DATASETS.REGISTER:
             if len(entry) != 3:

@@ -67,3 +67,25 @@ def test_predefined_dsb_folds_partition_images(tmp_path, sample_root, monkeypatc
         assert stems(f"test_folds_fold{k}_train") == all_ids - vals[k]
         # 6 stained images (>= 3 groups): the stratum appears in every val fold
         assert any(samples[i]["modality"] == "stained" for i in vals[k])
+
+
+def test_predefined_sartorius_folds_grouped_by_sample(tmp_path, sample_root, monkeypatch):
+    """sartorius_fold{k}: folds partition the images, and no sample_id is split."""
+    from helpers.sartorius_fixture import make_sartorius_from_dsb
+
+    from nucdet.data.register import SARTORIUS_CLASSES, register_sartorius
+
+    monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
+    ids = sorted(p.name for p in (sample_root / "stage1_train").iterdir())[:12]
+    csv_file = make_sartorius_from_dsb(sample_root / "stage1_train", tmp_path / "sart", ids)
+    register_sartorius("test_sart", csv_file.parent, num_folds=3)
+    full = DatasetCatalog.get("test_sart_train")
+    assert len(full) == 12
+    assert MetadataCatalog.get("test_sart_train").thing_classes == SARTORIUS_CLASSES
+    sample_of = {d["image_id"]: d["sample_id"] for d in full}
+    vals = [{d["image_id"] for d in DatasetCatalog.get(f"test_sart_fold{k}_val")} for k in range(3)]
+    assert set().union(*vals) == set(sample_of) and sum(map(len, vals)) == 12
+    for k in range(3):
+        train = {d["image_id"] for d in DatasetCatalog.get(f"test_sart_fold{k}_train")}
+        assert train == set(sample_of) - vals[k]
+        assert not {sample_of[i] for i in train} & {sample_of[i] for i in vals[k]}
