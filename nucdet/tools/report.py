@@ -225,7 +225,8 @@ def write_table(
 ) -> tuple[Path, Path]:
     """Write ``rows`` as ``<out_stem>.csv`` (full precision) and ``<out_stem>.md``, atomically.
 
-    Missing cells are left empty. Returns the two paths.
+    Missing cells are left empty; the Markdown drops columns that are empty or NaN in every
+    row. Returns the two paths.
     """
     out_stem = Path(out_stem)
     csv_path = out_stem.with_name(out_stem.name + ".csv")
@@ -235,13 +236,18 @@ def write_table(
         w.writerow(columns)
         for row in rows:
             w.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    # The Markdown is for reading: columns empty or NaN in every row (e.g. COCO's APl on
+    # small images) are left out of it; the CSV keeps them all.
+    md_columns = [
+        c for c in columns if any(format_value(r.get(c)) not in ("", "nan") for r in rows)
+    ]
     buf = io.StringIO()
     if title:
         buf.write(f"{title}\n\n")
-    buf.write("| " + " | ".join(columns) + " |\n")
-    buf.write("|" + "|".join("---" for _ in columns) + "|\n")
+    buf.write("| " + " | ".join(md_columns) + " |\n")
+    buf.write("|" + "|".join("---" for _ in md_columns) + "|\n")
     for row in rows:
-        cells = [format_value(row.get(c)).replace("|", "\\|") for c in columns]
+        cells = [format_value(row.get(c)).replace("|", "\\|") for c in md_columns]
         buf.write("| " + " | ".join(cells) + " |\n")
     with atomic_open(md_path, "w") as f:
         f.write(buf.getvalue())

@@ -99,3 +99,18 @@ def test_is_eval_key():
     assert report.is_eval_key("segm/AP") and report.is_eval_key("val/segm/MaP-IoU")
     assert not report.is_eval_key("fast_rcnn/cls_accuracy")
     assert not report.is_eval_key("total_loss")
+
+
+def test_write_table_markdown_drops_all_empty_columns(tmp_path):
+    rows = [
+        {"run": "a", "x": 1.23456, "APl": float("nan"), "e": None},
+        {"run": "b|c", "x": 2, "APl": float("nan")},
+    ]
+    csv_path, md_path = report.write_table(rows, ["run", "x", "APl", "e"], tmp_path / "t")
+    assert csv_path.read_text().splitlines() == ["run,x,APl,e", "a,1.23456,nan,", "b|c,2,nan,"]
+    assert md_path.read_text().splitlines() == [
+        "| run | x |",
+        "|---|---|",
+        "| a | 1.2346 |",
+        "| b\\|c | 2 |",
+    ]
