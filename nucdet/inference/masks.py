@@ -15,8 +15,9 @@ and a few megabytes whatever its size.
 - ``crops_to_rles`` / ``rles_to_crops`` convert between crops and full-image COCO RLEs
   exactly, without a full-image array per instance.
 
-The loops over crop pixels are compiled with numba (a dependency of ``ensemble-boxes``);
-the first call in a process pays a one-off compilation of about a second.
+The loops over crop pixels are compiled with numba (a dependency of ``ensemble-boxes``)
+and cached on disk (``__pycache__``, else numba's user cache): the first call after an
+install compiles for a few seconds, later processes load the cached code.
 This module stops at masks: scores, classes and the choice of what to fuse live in
 ``nucdet.inference.fusion`` and ``nucdet.inference.postprocess``.
 """
@@ -41,6 +42,15 @@ __all__ = [
     "raw_to_prediction",
     "rles_to_crops",
 ]
+
+
+def njit_cached(fn):
+    """``numba.njit`` with its on-disk cache, or without it where no cache dir is writable."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba found no writable cache location: compile per process
+        return numba.njit(cache=False, nogil=True)(fn)
+
 
 _F1 = np.float32(1.0)
 _F2 = np.float32(2.0)
@@ -167,7 +177,7 @@ def paste_extent(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=False, nogil=True)
+@njit_cached
 def _axis_params(lo, hi, b0, b1, m):  # pragma: no cover - compiled
     """Bilinear source index and weights along one axis for pixels lo..hi-1.
 
@@ -190,7 +200,7 @@ def _axis_params(lo, hi, b0, b1, m):  # pragma: no cover - compiled
     return idx, frac
 
 
-@numba.njit(cache=False, nogil=True)
+@njit_cached
 def _fuse_kernel(
     grids, boxes, weights, ptr, crop_boxes, offsets, height, width, vote, vote_thresh
 ):  # pragma: no cover - compiled
@@ -395,7 +405,7 @@ def raw_to_prediction(
 # ---- RLE ----------------------------------------------------------------------------------
 
 
-@numba.njit(cache=False, nogil=True)
+@njit_cached
 def _rle_counts_kernel(flat, offsets, crop_boxes, height, width):  # pragma: no cover
     """Uncompressed COCO counts (column-major, starting with a background run) per crop."""
     n = len(crop_boxes)

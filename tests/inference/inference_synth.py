@@ -58,9 +58,11 @@ def raw_from_masks(
     boxes = np.asarray(boxes, np.int64)
     side = boxes[:, 2] - boxes[:, 0]
     assert (side == boxes[:, 3] - boxes[:, 1]).all() and (side == side[0]).all()
-    grids = np.stack(
-        [m[y0:y1, x0:x1] for m, (x0, y0, x1, y1) in zip(masks, boxes)]
-    ).astype(np.float32) if n else np.zeros((0, 1, 1), np.float32)
+    grids = (
+        np.stack([m[y0:y1, x0:x1] for m, (x0, y0, x1, y1) in zip(masks, boxes)]).astype(np.float32)
+        if n
+        else np.zeros((0, 1, 1), np.float32)
+    )
     return RawDetections(
         boxes.astype(np.float32),
         np.linspace(0.9, 0.5, n) if scores is None else scores,
@@ -87,6 +89,24 @@ def soft_raw(rng: np.random.Generator, height: int, width: int, n: int, m: int =
     grids = 1 / (1 + np.exp((d - r[:, None, None]) * 25))
     grids = grids * rng.uniform(0.8, 1.0, (n, m, m))  # asymmetric, so orientation matters
     return RawDetections(
-        boxes, rng.uniform(0.05, 1, n), rng.integers(0, 2, n), grids.astype(np.float32),
-        height, width,
+        boxes,
+        rng.uniform(0.05, 1, n),
+        rng.integers(0, 2, n),
+        grids.astype(np.float32),
+        height,
+        width,
     )
+
+
+def lattice_raw(rng: np.random.Generator, height: int, width: int, step: int = 20, m: int = 28):
+    """``soft_raw``-like detections on a lattice: boxes of one class never overlap."""
+    ys, xs = np.mgrid[0 : height - step + 1 : step, 0 : width - step + 1 : step]
+    n = ys.size
+    x0 = xs.ravel() + rng.uniform(0.5, 3, n)
+    y0 = ys.ravel() + rng.uniform(0.5, 3, n)
+    boxes = np.stack(
+        [x0, y0, x0 + rng.uniform(6, step - 4, n), y0 + rng.uniform(6, step - 4, n)], axis=1
+    ).astype(np.float32)
+    soft = soft_raw(rng, height, width, n, m)
+    scores = rng.permutation(np.linspace(0.95, 0.1, n))  # distinct scores
+    return RawDetections(boxes, scores, soft.classes, soft.mask_probs, height, width)

@@ -115,8 +115,14 @@ def test_inverse_table_used_above_is_right():
 def test_scale_view_boxes_and_sizes():
     view = build_view("scale:1.25")
     assert view.view_size(H, W) == (60, 80)
-    raw = RawDetections([[0, 0, 80, 60], [10, 5, 25, 20]], [0.9, 0.8], [0, 0],
-                        np.zeros((2, 28, 28), np.float32), 60, 80)
+    raw = RawDetections(
+        [[0, 0, 80, 60], [10, 5, 25, 20]],
+        [0.9, 0.8],
+        [0, 0],
+        np.zeros((2, 28, 28), np.float32),
+        60,
+        80,
+    )
     back = view.invert(raw, (H, W))
     np.testing.assert_array_equal(back.boxes, [[0, 0, 64, 48], [8, 4, 20, 16]])
     # Rounded sizes: the box at the view's edge still lands exactly on the image edge.
