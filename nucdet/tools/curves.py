@@ -183,6 +183,7 @@ def plot_validation(
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
+        ax.margins(y=0.15)  # room for the best-value labels
         ax.legend(fontsize=7)
     return _save(plt, fig, Path(path), f"validation: {title}")
 
