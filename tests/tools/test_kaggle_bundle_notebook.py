@@ -133,6 +133,8 @@ def test_bundle_notebook_writes_a_valid_submission(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.delenv("PYTHONPATH", raising=False)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)  # e.g. PIP_FIND_LINKS: the wheels must come from the bundle
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # belt and braces: the notebook says --no-index
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/")  # unreachable on purpose
 
