@@ -57,6 +57,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
 from nucdet.io.atomic import atomic_open, atomic_write_json
+from nucdet.tools.report import load_config_flat
 
 logger = logging.getLogger(__name__)
 
@@ -376,8 +377,18 @@ def build_nucdet_wheel(src: Path, dest: Path, offline: bool = False) -> Path:
 # ---- models and ensembles ----------------------------------------------------------------------
 
 
-def bundle_model(model_dir: Path, dest: Path) -> dict[str, Any]:
+def bundled_weights_name(weights: Path) -> str:
+    """The file name of ``weights`` in the bundle: ``model_best.pth`` / ``model_final.pth``
+    keep theirs, any other checkpoint becomes ``model_final.pth``, so that infer.py's
+    choice (best, else final) picks the one weights file a bundled model has."""
+    keep = ("model_best.pth", "model_final.pth")
+    return weights.name if weights.name in keep else "model_final.pth"
+
+
+def bundle_model(model_dir: Path, dest: Path, weights: Path | None = None) -> dict[str, Any]:
     """Copy config.yaml and the model weights (optimizer state dropped) into ``dest``.
+
+    ``weights`` defaults to what infer.py would use (best, else final, else last).
 
     A config with ``INPUT.NORMALIZATION: dataset`` reads a stats file at run time: its
     mean/std are written into the bundled config instead, so the bundle is self-contained.
@@ -389,21 +400,16 @@ def bundle_model(model_dir: Path, dest: Path) -> dict[str, Any]:
     config = model_dir / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{model_dir}: no config.yaml (not a training output dir?)")
-    weights = find_weights(model_dir)
+    weights = Path(weights) if weights is not None else find_weights(model_dir)
     dest.mkdir(parents=True, exist_ok=True)
     ckpt = torch.load(weights, map_location="cpu")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{weights}: not a detectron2 checkpoint (no 'model' key)")
-    name = (
-        weights.name
-        if weights.name in ("model_best.pth", "model_final.pth")
-        else ("model_final.pth")
-    )
+    name = bundled_weights_name(weights)
     with atomic_open(dest / name, "wb") as f:
         torch.save({"model": ckpt["model"], "iteration": ckpt.get("iteration")}, f)
     cfg_text = config.read_text()
-    flat = yaml.safe_load(re.sub(r"!!python/\S+", "", cfg_text)) or {}
-    if (flat.get("INPUT") or {}).get("NORMALIZATION") == "dataset":
+    if load_config_flat(config).get("INPUT.NORMALIZATION") == "dataset":
         from nucdet.data.mapper import apply_normalization
         from nucdet.engine.defaults import build_cfg
 
@@ -418,12 +424,17 @@ def bundle_model(model_dir: Path, dest: Path) -> dict[str, Any]:
 
 def rewrite_ensemble(
     ensemble: dict[str, Any], base_dirs: Sequence[Path], models: dict[Path, str]
-) -> tuple[Any, dict[Path, str]]:
-    """Replace every path in the ensemble YAML that points into a model directory by
-    ``{bundle}/models/<name>[/file]``. Directories holding a config.yaml that are not among
-    ``models`` yet are added (name = directory name, made unique). Paths are resolved
-    against ``base_dirs`` in order. Returns (new YAML data, models)."""
+) -> tuple[Any, dict[Path, str], dict[Path, Path]]:
+    """Replace every path in the ensemble YAML that points into a model directory by its
+    place in the bundle: ``{bundle}/models/<name>`` for the directory, ``.../<file>`` for a
+    file in it (a weights file by its ``bundled_weights_name``). Directories holding a
+    config.yaml that are not among ``models`` yet are added (name = directory name, made
+    unique). Paths are resolved against ``base_dirs`` in order.
+
+    Returns (new YAML data, models, {model dir: the weights file the YAML names}).
+    """
     models = dict(models)
+    weights: dict[Path, Path] = {}
 
     def model_name_for(d: Path) -> str:
         if d not in models:
@@ -456,11 +467,17 @@ def rewrite_ensemble(
             return f"{PLACEHOLDER}/models/{model_name_for(p)}"
         if p.is_file() and (p.parent / "config.yaml").is_file():
             name = model_name_for(p.parent)
-            fname = p.name if p.suffix != ".pth" else None
-            return f"{PLACEHOLDER}/models/{name}" + (f"/{fname}" if fname else "")
+            if p.suffix == ".pth":
+                if weights.setdefault(p.parent, p) != p:
+                    raise ValueError(
+                        f"the ensemble names two weights files of {p.parent}: "
+                        f"{weights[p.parent].name} and {p.name}"
+                    )
+                return f"{PLACEHOLDER}/models/{name}/{bundled_weights_name(p)}"
+            return f"{PLACEHOLDER}/models/{name}/{p.name}"
         return node
 
-    return visit(ensemble), models
+    return visit(ensemble), models, weights
 
 
 # ---- the bundle --------------------------------------------------------------------------------
@@ -577,17 +594,16 @@ def _assemble(
     source: Path,
     notebook: Path,
 ) -> dict[str, Any]:
-    import torch
-
     for d in model_dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"--model-dir {d}: not a directory")
     models = _unique_names(model_dirs)
+    ensemble_weights: dict[Path, Path] = {}
     manifest: dict[str, Any] = {"created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if ensemble is not None:
         ensemble = Path(ensemble)
         data = yaml.safe_load(ensemble.read_text())
-        rewritten, models = rewrite_ensemble(
+        rewritten, models, ensemble_weights = rewrite_ensemble(
             data, [Path.cwd(), ensemble.parent.resolve(), source], models
         )
         (out / "ensembles").mkdir()
@@ -596,7 +612,7 @@ def _assemble(
         manifest["ensemble"] = f"ensembles/{ensemble.name}"
     manifest["models"] = []
     for d, name in models.items():
-        info = bundle_model(d, out / "models" / name)
+        info = bundle_model(d, out / "models" / name, weights=ensemble_weights.get(d))
         manifest["models"].append({"name": name, "dir": f"models/{name}", **info})
 
     wheels = out / "wheels"
@@ -644,7 +660,7 @@ def _assemble(
         commands=commands(),
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
         platform=sys.platform,
-        torch=torch.__version__.split("+")[0],
+        torch=installed["torch"].version.split("+")[0] if "torch" in installed else None,
         torchvision=installed["torchvision"].version if "torchvision" in installed else None,
         detectron2={"dist": d2, "version": d2_version},
         nucdet_commit=_git_commit(source),

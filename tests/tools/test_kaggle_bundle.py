@@ -128,13 +128,15 @@ def test_rewrite_ensemble_points_models_into_the_bundle(tmp_path):
         "note": "not/a/path",
     }
     given = {(tmp_path / "out" / "a").resolve(): "r50"}
-    new, models = kb.rewrite_ensemble(data, [tmp_path], given)
+    new, models, weights = kb.rewrite_ensemble(data, [tmp_path], given)
     assert new["models"][0] == {"model_dir": "{bundle}/models/r50", "weight": 2.0}
     assert new["models"][1] == {
         "config": "{bundle}/models/b/config.yaml",
-        "weights": "{bundle}/models/b",
+        "weights": "{bundle}/models/b/model_final.pth",
     }
     assert new["fusion"] == data["fusion"] and new["note"] == "not/a/path"
+    b = (tmp_path / "out" / "b").resolve()
+    assert weights == {b: b / "model_final.pth"}
     assert models == {
         (tmp_path / "out" / "a").resolve(): "r50",
         (tmp_path / "out" / "b").resolve(): "b",
@@ -209,3 +211,86 @@ def test_notebook_parameters_come_first_and_cells_compile():
     install = next(src for src in code if "pip" in src)
     assert '"--no-index"' in install and "--find-links" in install
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_ensemble_bundle_rewrites_paths_and_inlines_dataset_normalisation(tmp_path):
+    import torch
+    import yaml
+    from conftest import tiny_cfg
+
+    # A minimal source tree: the bundle needs the package, pyproject and both entry points.
+    src = tmp_path / "src"
+    (src / "nucdet").mkdir(parents=True)
+    (src / "nucdet" / "__init__.py").write_text("")
+    (src / "pyproject.toml").write_text(
+        '[project]\nname = "nucdet"\nversion = "9.9"\ndependencies = []\n'
+    )
+    for script in ("infer.py", "ensemble_infer.py"):
+        (src / script).write_text(f"# {script}\n")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"mean": [10.0, 20.0, 30.0], "std": [1.0, 2.0, 3.0]}))
+    runs = tmp_path / "runs"
+    for name, norm in (("r18", "dataset"), ("r50", "detectron2")):
+        d = runs / name
+        d.mkdir(parents=True)
+        cfg = tiny_cfg("INPUT.NORMALIZATION", norm, "INPUT.DATASET_STATS", str(stats))
+        (d / "config.yaml").write_text(cfg.dump())
+        for ckpt, it in (("model_0000099.pth", 99), ("model_final.pth", 199)):
+            torch.save({"model": {"w": torch.full((2,), float(it))}, "iteration": it}, d / ckpt)
+    ens = tmp_path / "ens.yaml"
+    ens.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {"dir": str(runs / "r18"), "weights": str(runs / "r18" / "model_0000099.pth")},
+                    {"dir": "runs/r50"},
+                ],
+                "tta": ["hflip"],
+                "fusion": {"method": "wbf"},
+            }
+        )
+    )
+    out = tmp_path / "bundle"
+    manifest = json.loads(
+        kb.main(
+            [
+                "--ensemble",
+                str(ens),
+                "--output",
+                str(out),
+                "--offline",
+                "--exclude",
+                "*",
+                "--source",
+                str(src),
+                "--notebook",
+                str(REPO / "notebooks" / "kaggle_submission.ipynb"),
+            ]
+        ).read_text()
+    )
+    assert manifest["ensemble"] == "ensembles/ens.yaml"
+    assert [(m["name"], m["weights"], m["iteration"]) for m in manifest["models"]] == [
+        ("r18", "model_final.pth", 99),
+        ("r50", "model_final.pth", 199),
+    ]
+    bundled = yaml.safe_load((out / "ensembles" / "ens.yaml").read_text())
+    assert bundled == {
+        "models": [
+            {"dir": "{bundle}/models/r18", "weights": "{bundle}/models/r18/model_final.pth"},
+            {"dir": "{bundle}/models/r50"},
+        ],
+        "tta": ["hflip"],
+        "fusion": {"method": "wbf"},
+    }
+    assert sorted(p.name for p in (out / "scripts").iterdir()) == ["ensemble_infer.py", "infer.py"]
+    assert manifest["install"][0] == "nucdet==9.9"
+    # The r18 config no longer needs stats.json: its mean/std are in the config itself.
+    from nucdet.engine.defaults import build_cfg
+
+    r18 = build_cfg(out / "models" / "r18" / "config.yaml")
+    assert r18.INPUT.NORMALIZATION == "detectron2" and r18.INPUT.DATASET_STATS == ""
+    assert list(r18.MODEL.PIXEL_MEAN) == [10.0, 20.0, 30.0]
+    assert list(r18.MODEL.PIXEL_STD) == [1.0, 2.0, 3.0]
+    assert (out / "models" / "r50" / "config.yaml").read_text() == (
+        runs / "r50" / "config.yaml"
+    ).read_text()
