@@ -163,8 +163,10 @@ def validate_inputs(
             m = mp.shape[1]
         elif mp.shape[1] != m:
             raise ValueError(f"{label[t]}: mask grids are {mp.shape[1]}x{mp.shape[1]}, not {m}x{m}")
-        if not np.isfinite(mp).all():
-            raise ValueError(f"{label[t]}: mask probabilities are not finite")
+        if len(mp):
+            lo, hi = mp.min(), mp.max()  # NaN propagates through both; fast SIMD reductions
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f"{label[t]}: mask probabilities are not finite")
     return w
 
 
@@ -493,14 +495,13 @@ def _concat(raws: Sequence[RawDetections]) -> tuple[np.ndarray, ...]:
     """All detections of all inputs, with their (input, index) origin."""
     t = np.concatenate([np.full(len(r), i, np.int64) for i, r in enumerate(raws)])
     j = np.concatenate([np.arange(len(r), dtype=np.int64) for r in raws])
-    boxes = np.concatenate([r.boxes for r in raws]).astype(np.float32).reshape(-1, 4)
-    scores = np.concatenate([r.scores for r in raws]).astype(np.float32)
-    classes = np.concatenate([r.classes for r in raws]).astype(np.int64)
+    boxes = np.concatenate([r.boxes for r in raws], dtype=np.float32).reshape(-1, 4)
+    scores = np.concatenate([r.scores for r in raws], dtype=np.float32)
+    classes = np.concatenate([r.classes for r in raws], dtype=np.int64)
     m = next((r.mask_probs.shape[1] for r in raws if len(r)), 1)
+    nonempty = [r.mask_probs for r in raws if len(r)]
     grids = (
-        np.concatenate([r.mask_probs for r in raws if len(r)]).astype(np.float32)
-        if len(t)
-        else np.zeros((0, m, m), np.float32)
+        np.concatenate(nonempty, dtype=np.float32) if nonempty else np.zeros((0, m, m), np.float32)
     )
     return t, j, boxes, scores, classes, grids
 
@@ -565,7 +566,7 @@ def fuse_wbf_mask_vote(
     )
     member_w = scores[flat].astype(np.float64) * w[t[flat]]
     crops = fuse_grids(
-        grids[flat],
+        grids,
         boxes[flat],
         member_w,
         ptr,
@@ -575,6 +576,7 @@ def fuse_wbf_mask_vote(
         mode=mask_mode,
         mask_thresh=mask_thresh,
         vote_frac=vote_frac,
+        rows=flat,
     )
     pred = ImagePrediction(image_id, h, wd, crops.to_rles(), cl.scores, cl.labels)
     fused_boxes = (cl.boxes * scale).astype(np.float32)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from nucdet.structures import ImagePrediction, RawDetections
 
@@ -179,43 +178,52 @@ def paste_extent(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 @njit_cached
 def _axis_params(lo, hi, b0, b1, m):  # pragma: no cover - compiled
-    """Bilinear source index and weights along one axis for pixels lo..hi-1.
+    """Bilinear taps along one axis for pixels lo..hi-1: two grid indices and weights.
 
     float32 arithmetic in torch's order: g = (p + 0.5 - b0) / (b1 - b0) * 2 - 1 (the grid
     detectron2 builds, one tensor op at a time), then grid_sample's unnormalize
     (g + 1) * (m / 2) - 0.5, which torch's AVX2/AVX512 CPU kernel evaluates as one fused
     multiply-add; the float32 product is exact in float64, so float64 emulates the fma.
+    A tap outside the grid gets index 0 and weight 0 (zero padding: its term is 0 * w in
+    torch and g * 0 here, both exactly 0).
     """
     n = hi - lo
-    idx = np.empty(n, np.int64)
-    frac = np.empty(n, np.float32)
+    i0 = np.empty(n, np.int64)
+    i1 = np.empty(n, np.int64)
+    w0 = np.empty(n, np.float32)
+    w1 = np.empty(n, np.float32)
     span = b1 - b0
     half_m = np.float64(np.float32(m) / _F2)
     for i in range(n):
         g = (np.float32(lo + i) + _FH - b0) / span * _F2 - _F1
         s = np.float32(np.float64(g + _F1) * half_m - 0.5)
         f = np.float32(np.floor(s))
-        idx[i] = np.int64(f)
-        frac[i] = s - f
-    return idx, frac
+        k = np.int64(f)
+        frac = s - f
+        ok0 = 0 <= k < m
+        ok1 = 0 <= k + 1 < m
+        i0[i] = k if ok0 else 0
+        i1[i] = k + 1 if ok1 else 0
+        w0[i] = (_F1 - frac) if ok0 else _F0
+        w1[i] = frac if ok1 else _F0
+    return i0, i1, w0, w1
 
 
 @njit_cached
 def _fuse_kernel(
-    grids, boxes, weights, ptr, crop_boxes, offsets, height, width, vote, vote_thresh
+    grids, rows, boxes, weights, ptr, crop_boxes, offsets, height, width, vote, vote_thresh
 ):  # pragma: no cover - compiled
     """Accumulate weighted pasted grids (or weighted votes) of each cluster into its crop.
 
-    Cluster c owns members ptr[c]:ptr[c+1] and the flat output slice
-    offsets[c]:offsets[c+1] laid out row-major over crop_boxes[c].
+    Cluster c owns members ptr[c]:ptr[c+1] (member k uses grid rows[k] and box k) and the
+    flat output slice offsets[c]:offsets[c+1] laid out row-major over crop_boxes[c].
     """
     m = grids.shape[1]
     out = np.zeros(offsets[-1], np.float32)
     for c in range(len(ptr) - 1):
         cx0 = crop_boxes[c, 0]
         cy0 = crop_boxes[c, 1]
-        cx1 = crop_boxes[c, 2]
-        cw = cx1 - cx0
+        cw = crop_boxes[c, 2] - cx0
         base = offsets[c]
         for k in range(ptr[c], ptr[c + 1]):
             bx0 = boxes[k, 0]
@@ -224,44 +232,30 @@ def _fuse_kernel(
             by1 = boxes[k, 3]
             if not (bx1 > bx0 and by1 > by0):
                 continue  # degenerate box: nothing to sample (detectron2 drops these too)
-            ex0 = max(np.int64(np.floor(bx0)) - 1, 0)
-            ey0 = max(np.int64(np.floor(by0)) - 1, 0)
-            ex1 = min(np.int64(np.ceil(bx1)) + 1, width)
-            ey1 = min(np.int64(np.ceil(by1)) + 1, height)
-            # The member's own extent, clipped to the cluster crop.
-            ex0 = max(ex0, cx0)
-            ey0 = max(ey0, cy0)
-            ex1 = min(ex1, cx1)
-            ey1 = min(ey1, crop_boxes[c, 3])
+            # detectron2's paste extent of the member, clipped to the cluster crop.
+            ex0 = max(np.int64(np.floor(bx0)) - 1, 0, cx0)
+            ey0 = max(np.int64(np.floor(by0)) - 1, 0, cy0)
+            ex1 = min(np.int64(np.ceil(bx1)) + 1, width, crop_boxes[c, 2])
+            ey1 = min(np.int64(np.ceil(by1)) + 1, height, crop_boxes[c, 3])
             if ex1 <= ex0 or ey1 <= ey0:
                 continue
-            ix, fx = _axis_params(ex0, ex1, bx0, bx1, m)
-            iy, fy = _axis_params(ey0, ey1, by0, by1, m)
+            xw, xe, ee, ww = _axis_params(ex0, ex1, bx0, bx1, m)
+            yn, ys, ss, nn = _axis_params(ey0, ey1, by0, by1, m)
             wk = weights[k]
-            g = grids[k]
+            g = grids[rows[k]]
             for r in range(ey1 - ey0):
-                yn = iy[r]
-                nn = fy[r]
-                ss = _F1 - nn
-                row_n = 0 <= yn < m
-                row_s = 0 <= yn + 1 < m
+                gn = g[yn[r]]
+                gs = g[ys[r]]
+                s_r = ss[r]
+                n_r = nn[r]
                 o = base + (ey0 + r - cy0) * cw + (ex0 - cx0)
                 for q in range(ex1 - ex0):
-                    xw = ix[q]
-                    ww = fx[q]
-                    ee = _F1 - ww
-                    col_w = 0 <= xw < m
-                    col_e = 0 <= xw + 1 < m
-                    nw_v = g[yn, xw] if row_n and col_w else _F0
-                    ne_v = g[yn, xw + 1] if row_n and col_e else _F0
-                    sw_v = g[yn + 1, xw] if row_s and col_w else _F0
-                    se_v = g[yn + 1, xw + 1] if row_s and col_e else _F0
-                    # torch: nw*nw_v + ne*ne_v + sw*sw_v + se*se_v, the last three as fused
+                    # torch: nw_v*nw + ne_v*ne + sw_v*sw + se_v*se, the last three as fused
                     # multiply-adds (float64 holds each float32 product exactly).
-                    v = nw_v * (ss * ee)
-                    v = np.float32(np.float64(ne_v) * np.float64(ss * ww) + np.float64(v))
-                    v = np.float32(np.float64(sw_v) * np.float64(nn * ee) + np.float64(v))
-                    v = np.float32(np.float64(se_v) * np.float64(nn * ww) + np.float64(v))
+                    v = gn[xw[q]] * (s_r * ee[q])
+                    v = np.float32(np.float64(gn[xe[q]]) * np.float64(s_r * ww[q]) + v)
+                    v = np.float32(np.float64(gs[xw[q]]) * np.float64(n_r * ee[q]) + v)
+                    v = np.float32(np.float64(gs[xe[q]]) * np.float64(n_r * ww[q]) + v)
                     if vote:
                         if v >= vote_thresh:
                             out[o + q] += wk
@@ -298,13 +292,15 @@ def fuse_grids(
     mode: str = "avg",
     mask_thresh: float = 0.5,
     vote_frac: float = 0.5,
+    rows: np.ndarray | None = None,
 ) -> CropMasks:
     """Fuse the pasted grids of each cluster into one bool mask in the cluster's crop.
 
     Args:
-        grids: (n, M, M) member probabilities, members of cluster ``c`` at rows
+        grids: (G, M, M) probabilities; member ``k`` uses ``grids[rows[k]]`` (default
+            ``rows = arange(n)``, so that no (n, M, M) copy is needed to pick members).
+        boxes: (n, 4) member boxes xyxy in image pixels; the members of cluster ``c`` are
             ``cluster_ptr[c]:cluster_ptr[c + 1]``.
-        boxes: (n, 4) member boxes xyxy in image pixels.
         weights: (n,) member weights (score x input weight); normalised per cluster.
         cluster_ptr: (K + 1,) int, non-decreasing, from 0 to n.
         crop_boxes: (K, 4) int crop of each cluster (e.g. the hull of its members'
@@ -319,25 +315,36 @@ def fuse_grids(
         raise ValueError(f"mask fusion mode must be 'avg' or 'vote', got {mode!r}")
     if not 0.0 < vote_frac <= 1.0:
         raise ValueError(f"vote_frac must be in (0, 1], got {vote_frac}")
-    grids, boxes = _as_grid_inputs(grids, boxes)
+    grids = np.ascontiguousarray(grids, np.float32)
+    boxes = np.ascontiguousarray(np.asarray(boxes, np.float32).reshape(-1, 4))
+    n = len(boxes)
+    if grids.ndim != 3 or grids.shape[1] != grids.shape[2]:
+        raise ValueError(f"mask grids must be (N, M, M), got shape {grids.shape}")
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) != n or (n and (rows.min() < 0 or rows.max() >= len(grids))):
+        raise ValueError(f"rows must hold one grid index in 0..{len(grids) - 1} per box")
     ptr = np.asarray(cluster_ptr, np.int64)
     crop_boxes = np.asarray(crop_boxes, np.int64).reshape(-1, 4)
-    if len(ptr) != len(crop_boxes) + 1 or ptr[0] != 0 or ptr[-1] != len(grids):
-        raise ValueError("cluster_ptr must run from 0 to the number of members, one per crop")
+    if len(ptr) != len(crop_boxes) + 1 or ptr[0] != 0 or ptr[-1] != n or (np.diff(ptr) < 0).any():
+        raise ValueError("cluster_ptr must rise from 0 to the number of members, one per crop")
     w = np.asarray(weights, np.float64).reshape(-1)
-    if len(w) != len(grids) or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError("member weights must be finite, >= 0 and one per grid")
+    if len(w) != n or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("member weights must be finite, >= 0 and one per box")
     # Normalise within each cluster in float64, so two identical members average to
     # exactly the member itself (0.5 * p + 0.5 * p == p).
     sizes = np.diff(ptr)
-    totals = np.add.reduceat(w, ptr[:-1]) if len(w) else np.zeros(0)
-    totals = np.where(sizes > 0, totals, 1.0)[: len(sizes)]
+    totals = np.zeros(len(sizes))
+    if n:
+        nonempty = sizes > 0
+        totals[nonempty] = np.add.reduceat(w, ptr[:-1][nonempty])
     owner = np.repeat(np.arange(len(sizes)), sizes)
-    norm = np.where(totals[owner] > 0, w / np.where(totals[owner] > 0, totals[owner], 1), 0)
+    safe = np.where(totals > 0, totals, 1.0)[owner]
+    norm = np.where(totals[owner] > 0, w / safe, 0.0)
     hw = crop_boxes[:, 2:] - crop_boxes[:, :2]
     offsets = np.concatenate([[0], np.cumsum(hw[:, 0] * hw[:, 1])]).astype(np.int64)
     flat = _fuse_kernel(
         grids,
+        rows,
         boxes,
         norm.astype(np.float32),
         ptr,
@@ -379,6 +386,7 @@ def paste_grids(
     offsets = np.concatenate([[0], np.cumsum(hw[:, 0] * hw[:, 1])]).astype(np.int64)
     flat = _fuse_kernel(
         grids,
+        np.arange(n, dtype=np.int64),
         boxes,
         np.ones(n, np.float32),
         np.arange(n + 1, dtype=np.int64),
@@ -469,6 +477,37 @@ def _rle_counts_kernel(flat, offsets, crop_boxes, height, width):  # pragma: no 
     return counts, cptr, used
 
 
+@njit_cached
+def _compress_kernel(counts, cptr, used):  # pragma: no cover - compiled
+    """pycocotools' ``rleToString`` for every count list: ASCII bytes and string offsets.
+
+    Counts from the third on are stored as the difference to the count two places before;
+    each value is written in 5-bit groups, low first, as chr(48 + group) with 0x20 set on
+    all but the last group (0x10 of the last group is the sign).
+    """
+    n = len(used)
+    sptr = np.zeros(n + 1, np.int64)
+    out = np.empty(int(7 * used.sum()) + 1, np.uint8)
+    p = 0
+    for i in range(n):
+        o = cptr[i]
+        for j in range(used[i]):
+            x = counts[o + j]
+            if j > 2:
+                x -= counts[o + j - 2]
+            more = True
+            while more:
+                c = x & 0x1F
+                x >>= 5
+                more = (x != -1) if (c & 0x10) else (x != 0)
+                if more:
+                    c |= 0x20
+                out[p] = c + 48
+                p += 1
+        sptr[i + 1] = p
+    return out[:p], sptr
+
+
 def crops_to_rles(
     crops: Sequence[np.ndarray], boxes: np.ndarray, height: int, width: int
 ) -> list[dict]:
@@ -476,8 +515,8 @@ def crops_to_rles(
 
     Equal to ``mask_to_coco_rle`` of the full mask, without building it: runs are read
     column by column from the crop and offset to full-image column-major positions (runs
-    crossing a column boundary merge, as in the full image), and pycocotools compresses
-    the counts.
+    crossing a column boundary merge, as in the full image), then compressed as
+    pycocotools' ``rleToString`` does.
     """
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
     n = len(crops)
@@ -492,12 +531,11 @@ def crops_to_rles(
             raise ValueError(f"crop {i} has shape {c.shape}, box {boxes[i].tolist()}")
     offsets = np.concatenate([[0], np.cumsum(hw[:, 0] * hw[:, 1])]).astype(np.int64)
     counts, cptr, used = _rle_counts_kernel(flat, offsets, boxes, int(height), int(width))
+    text, sptr = _compress_kernel(counts, cptr, used)
+    text = text.tobytes().decode("ascii")
+    bounds = sptr.tolist()
     h, w = int(height), int(width)
-    objs = [{"size": [h, w], "counts": counts[cptr[i] : cptr[i] + used[i]]} for i in range(n)]
-    out = mask_utils.frPyObjects(objs, h, w)
-    for r in out:
-        r["counts"] = r["counts"].decode("ascii")
-    return out
+    return [{"size": [h, w], "counts": text[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def rles_to_crops(rles: Sequence[dict], height: int, width: int) -> CropMasks:

@@ -224,7 +224,7 @@ class TTAView:
             boxes.astype(np.float32),
             raw.scores.copy(),
             raw.classes.copy(),
-            np.ascontiguousarray(grids, np.float32),
+            grids,  # a flipped / rotated view of the input; consumers copy it once
             h,
             w,
         )
