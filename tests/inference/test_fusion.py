@@ -289,3 +289,18 @@ def test_input_validation_names_the_input():
         fuse([ok, ok], [1, 2, 3])
     with pytest.raises(KeyError, match="unknown fusion method"):
         fuse([ok], method="soft_nms")
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS))
+def test_fused_then_postprocessed_output_never_overlaps(method):
+    from inference_synth import soft_raw
+
+    from nucdet.inference.postprocess import postprocess
+
+    rng = np.random.default_rng(9)
+    raws = [soft_raw(rng, 60, 80, 40) for _ in range(3)]  # crowded: masks overlap a lot
+    res = fuse(raws, [1.0, 0.5, 2.0], method=method)
+    assert res.prediction.masks().sum(axis=0).max() > 1  # fusion itself leaves overlaps
+    out = postprocess(res.prediction)
+    assert len(out) > 10
+    assert out.masks().sum(axis=0).max() == 1

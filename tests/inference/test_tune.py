@@ -136,6 +136,16 @@ def test_command_line_on_coco_files(tmp_path):
     assert yaml.safe_load(yaml_path.read_text())["POSTPROCESS"]["SCORE_THRESH"] == [0.5, 0.8]
 
 
+def test_images_without_predictions_or_gt():
+    preds, gts = _dataset()
+    # one image with GT but no prediction (scores 0), one with neither (scores 1)
+    preds += [ImagePrediction("none", H, W), ImagePrediction("empty", H, W)]
+    gts += [[mask_to_coco_rle(m) for m in _rects(2, 2)], []]
+    res = tune_score_thresholds(preds, gts, num_classes=2, progress=False)
+    assert res.thresholds == [0.5, 0.8]
+    assert res.score == pytest.approx(7 / 8)
+
+
 def test_input_errors():
     preds, gts = _dataset()
     with pytest.raises(ValueError, match="ground truths"):
