@@ -376,30 +376,31 @@ def wbf_clusters(
         keep = ~(s < skip_box_thr) & ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) != 0.0)
         j = np.flatnonzero(keep)
         parts.append((t, j, b[j], s[j].astype(np.float64) * weights_arr[t], lab[j]))
+    out = _cluster_parts(parts, weights_arr, iou_thr, conf_type)
+    if verify:
+        _verify(
+            out, boxes_list, scores_list, labels_list, weights_arr, iou_thr, skip_box_thr, conf_type
+        )
+    return out
+
+
+def _cluster_parts(
+    parts: list[tuple], weights: np.ndarray, iou_thr: float, conf_type: str
+) -> WBFClusters:
+    """The library's clustering and rescaling of prefiltered boxes, label by label."""
+    n_in = len(weights)
     all_lab = np.concatenate([p[4] for p in parts]).astype(np.int64) if parts else np.zeros(0)
     if len(all_lab) == 0:
-        out = WBFClusters(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), [])
-        if verify:
-            _verify(
-                out,
-                boxes_list,
-                scores_list,
-                labels_list,
-                weights_arr,
-                iou_thr,
-                skip_box_thr,
-                conf_type,
-            )
-        return out
+        return WBFClusters(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), [])
     all_t = np.concatenate([np.full(len(p[1]), p[0], np.int64) for p in parts])
     all_j = np.concatenate([p[1] for p in parts]).astype(np.int64)
     all_b = np.concatenate([p[2] for p in parts])
     all_s = np.concatenate([p[3] for p in parts])
-    all_w = weights_arr[all_t]
+    all_w = weights[all_t]
     _, first = np.unique(all_lab, return_index=True)
     label_order = all_lab[np.sort(first)]  # dict insertion order of prefilter_boxes
-    w_total = weights_arr.sum()
-    sum_cache: dict[tuple, float] = {}
+    w_total = weights.sum()
+    sum_cache: dict[bytes, float] = {}
     rows_label, rows_score, rows_box, members = [], [], [], []
     for lab in label_order:
         sel = np.flatnonzero(all_lab == lab)
@@ -420,26 +421,22 @@ def wbf_clusters(
         mem_t = all_t[order][by_cluster]
         mem_j = all_j[order][by_cluster]
         n_c = sizes.astype(np.float64)
-        # Rescaled confidence of the library, vectorised: the same float64 operations in
-        # the same order per cluster. The weight sums over present (or absent) models are
-        # numpy sums over the same arrays as the library's, one per distinct model set.
+        # The library's rescaled confidence, vectorised: the same float64 operations in the
+        # same order per cluster. The weight sum over the present (box_and_model_avg) or
+        # absent (absent_model_aware_avg) inputs is a numpy sum over the same array as the
+        # library's, computed once per distinct set of inputs.
         uniq, inv = _model_sets(mem_t, starts, n_in)
-        present_sum = np.empty(len(uniq))
-        for u, row in enumerate(uniq):
-            key = (conf_type, row.tobytes())
+        model_sum = np.empty(len(uniq))
+        for u, present in enumerate(uniq):
+            key = present.tobytes()
             if key not in sum_cache:
-                present = np.flatnonzero(row)
-                absent = np.flatnonzero(~row)
-                sum_cache[key] = (
-                    weights_arr[present].sum()
-                    if conf_type == "box_and_model_avg"
-                    else weights_arr[absent].sum()
-                )
-            present_sum[u] = sum_cache[key]
+                chosen = present if conf_type == "box_and_model_avg" else ~present
+                sum_cache[key] = weights[np.flatnonzero(chosen)].sum()
+            model_sum[u] = sum_cache[key]
         if conf_type == "box_and_model_avg":
-            scores = f_score * n_c / f_weight * present_sum[inv] / w_total
+            scores = f_score * n_c / f_weight * model_sum[inv] / w_total
         else:  # absent_model_aware_avg
-            scores = f_score * n_c / (f_weight + present_sum[inv])
+            scores = f_score * n_c / (f_weight + model_sum[inv])
         pairs = np.stack([mem_t, mem_j], axis=1)
         bounds = starts.tolist()
         members.extend(pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
@@ -447,18 +444,13 @@ def wbf_clusters(
         rows_score.append(scores)
         rows_box.append(cbox)
     scores = np.concatenate(rows_score)
-    final = scores.argsort()[::-1]
-    out = WBFClusters(
+    final = scores.argsort()[::-1]  # the library's final sort, on the same array
+    return WBFClusters(
         np.concatenate(rows_box)[final],
         scores[final],
         np.concatenate(rows_label)[final].astype(np.int64),
         [members[i] for i in final],
     )
-    if verify:
-        _verify(
-            out, boxes_list, scores_list, labels_list, weights_arr, iou_thr, skip_box_thr, conf_type
-        )
-    return out
 
 
 def _verify(
