@@ -8,8 +8,9 @@ and a few megabytes whatever its size.
   with bilinear interpolation and zero padding, exactly as detectron2's
   ``paste_masks_in_image`` / ``_do_paste_mask`` does (``grid_sample``,
   ``align_corners=False``, float32 arithmetic in the same order, same crop extent
-  ``floor(x0) - 1 .. ceil(x1) + 1``): its pixels equal detectron2's except where a
-  probability sits within float rounding of the threshold.
+  ``floor(x0) - 1 .. ceil(x1) + 1``, and the fused multiply-adds of torch's AVX2/AVX512
+  kernel): bit-identical to detectron2 on such CPUs (tested), within float rounding on
+  others.
 - ``fuse_grids`` pastes the grids of several detections (the members of a fused cluster)
   into one crop and averages them with weights, or lets them vote; fusion uses it.
 - ``crops_to_rles`` / ``rles_to_crops`` convert between crops and full-image COCO RLEs
@@ -36,6 +37,7 @@ __all__ = [
     "CropMasks",
     "crops_to_rles",
     "fuse_grids",
+    "njit_cached",
     "paste_extent",
     "paste_grids",
     "raw_to_prediction",
