@@ -455,8 +455,10 @@ def run_sweep(
         logger.info("[%d/%d] run %d: %s", k + 1, len(mine), run.index, run.name)
         try:
             rows[run.index] = _row(run, run_one(run, s))
-        except RuntimeError as e:
-            logger.error("%s", e)
+        except (RuntimeError, OSError, ValueError) as e:
+            # One broken run (crash, unreadable outputs, changed settings) must not cost
+            # the others: it is reported in the table and in the final error.
+            logger.error("run %d %s failed: %s", run.index, run.name, e)
             failures.append(run.name)
             rows[run.index] = {
                 "index": run.index,

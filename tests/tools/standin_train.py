@@ -8,7 +8,8 @@ No model is trained: the sweep's orchestration (naming, skipping, resuming, tabl
 these tests check, in seconds; tests/tools/test_sweep_train.py runs the real train_net.py.
 
 Test-only keys: STANDIN.SLEEP (seconds per iteration), STANDIN.SCORE (added to the reported
-MaP-IoU), STANDIN.FAIL ("1": exit 3 before training). Every start is logged to
+MaP-IoU), STANDIN.FAIL ("1": exit 3 before training), STANDIN.NO_METRICS ("1": exit 0
+without writing metrics.json). Every start is logged to
 ``OUTPUT_DIR/standin_starts.txt`` as "resume=<0|1> start=<iteration>".
 """
 
@@ -31,6 +32,8 @@ def main(argv: list[str]) -> int:
     if opts.get("STANDIN.FAIL") == "1":
         print("standin_train: failing as asked", file=sys.stderr)
         return 3
+    if opts.get("STANDIN.NO_METRICS") == "1":
+        return 0  # "succeeds" without writing anything the sweep could read
     max_iter = int(opts.get("SOLVER.MAX_ITER", 3))
     sleep = float(opts.get("STANDIN.SLEEP", 0))
     start = 0

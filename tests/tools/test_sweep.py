@@ -321,3 +321,27 @@ def test_summary_reads_last_and_best_evaluation(tmp_path):
     assert s["final"] == {"segm/MaP-IoU": 0.25, "segm/AP": 24.0} and s["final_iteration"] == 20
     assert s["best"]["segm/MaP-IoU"] == 0.3 and s["best_iteration"] == 9
     assert s["evaluations"] == 3
+
+
+def test_run_without_readable_outputs_fails_alone(tmp_path, caplog):
+    out = tmp_path / "sw"
+    args = [
+        "--config-file",
+        "base.yaml",
+        "--grid",
+        "STANDIN.NO_METRICS=1,0",
+        "--output",
+        str(out),
+        "--python",
+        sys.executable,
+        "--train-script",
+        STANDIN,
+    ]
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: no_metrics-1"):
+        sweep.main(args)
+    rows = read_csv(out / "results.csv")
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("no_metrics-1", "failed"),
+        ("no_metrics-0", "done"),
+    ]
+    assert "no_metrics-1: no metrics.json" in caplog.text
