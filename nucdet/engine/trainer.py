@@ -128,6 +128,8 @@ class Trainer(DefaultTrainer):
                 cfg.TEST.EVAL_MAX_DETS,
                 cfg.TEST.DETECTIONS_PER_IMAGE,
             )
+        if output_folder is None:  # per-image metrics of the latest evaluation land here
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return NucleiEvaluator(
             dataset_name,
             output_dir=output_folder,

@@ -43,6 +43,7 @@ def test_frozen_weights_do_not_move_in_training(tmp_path, registered):
         "SOLVER.MAX_ITER", "1",
         "SOLVER.BASE_LR", "0.5",  # warmup starts at 0.001 x BASE_LR: make the step visible
         "DATASETS.TEST", "()",
+        "INPUT.CROP.SIZE", "[128, 128]",
         "OUTPUT_DIR", str(tmp_path),
     )  # fmt: skip
     trainer = Trainer(cfg)

@@ -37,7 +37,10 @@ def run(tmp_path_factory):
         "DATASETS.REGISTER", str(register),
         "DATASETS.TEST", "('engine_val2',)",
         "TEST.EVAL_PERIOD", "1",
-        "TEST.DETECTIONS_PER_IMAGE", "100",
+        "TEST.DETECTIONS_PER_IMAGE", "50",
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", "1000",  # test-sized: the config keeps 6000/3000
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "300",
+        "INPUT.CROP.SIZE", "[128, 128]",
         "SOLVER.MAX_ITER", str(MAX_ITER),
         "SOLVER.CHECKPOINT_PERIOD", "100",
         "SOLVER.LOG_PERIOD", "1",
@@ -74,6 +77,8 @@ def test_eval_metrics_in_metrics_json(run):
         assert 0.0 <= r["segm/MaP-IoU"] <= 1.0
         assert r["count/n_gt"] == 31  # both images, every nucleus counted
     assert results["segm"]["MaP-IoU"] == evals[-1]["segm/MaP-IoU"]
+    per_image = (out / "inference" / "engine_val2" / "per_image_metrics.csv").read_text()
+    assert len(per_image.strip().splitlines()) == 1 + 2  # header + the two images
     assert [r["iteration"] for r in recs if "total_loss" in r] == list(range(MAX_ITER))
 
 
