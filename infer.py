@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Predict with one trained model and write a submission (and metrics when GT exists).
 
-    python infer.py --model-dir output/demo/model --dataset dsb2018_sample_val \
+    python infer.py --model-dir output/demo/model --dataset dsb2018_sample_val \\
         --output output/demo/infer [--format kaggle|dsb|coco] [KEY VALUE ...]
     python infer.py --model-dir output/demo/model --input path/to/images --output out/
 
 The model directory is a training OUTPUT_DIR: its config.yaml and model_best.pth (else
 model_final.pth, else the last checkpoint). Outputs: the submission file, ``metrics.json``
-(MaP-IoU when the dataset has annotations) and ``overlays/*.png``.
+(MaP-IoU when the dataset has annotations), ``overlays/*.png`` and ``predictions.jsonl``
+(an interrupted run resumes from it). Same code path as ensemble_infer.py, with one model
+and no TTA.
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 from detectron2.utils.logger import setup_logger
 
-from nucdet.data.register import register_all
-from nucdet.engine.defaults import build_cfg
-from nucdet.inference.pipeline import SUBMISSION_NAMES, dataset_inputs, folder_inputs, run_inference
-from nucdet.inference.postprocess import postprocess_from_cfg
-from nucdet.inference.predictor import Predictor, find_weights
+from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, run_ensemble
+from nucdet.inference.pipeline import SUBMISSION_NAMES
 
 
 def parse_args(argv=None):
@@ -42,28 +40,20 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def setup(args):
-    config_file = args.config_file or str(Path(args.model_dir) / "config.yaml")
-    cfg = build_cfg(config_file, args.opts)
-    cfg.MODEL.WEIGHTS = str(args.weights or find_weights(args.model_dir))
-    cfg.freeze()
-    register_all(cfg)
-    return cfg
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logger(name="nucdet")
-    cfg = setup(args)
-    inputs = dataset_inputs(args.dataset) if args.dataset else folder_inputs(args.input)
-    predictor = Predictor(cfg)
-    metrics = run_inference(
-        inputs,
-        lambda image, image_id: predictor(image, image_id, cfg.POSTPROCESS.MASK_THRESH),
+    model = ModelSpec(
+        "model", model_dir=args.model_dir, config=args.config_file, weights=args.weights
+    )
+    spec = EnsembleSpec([model], views=["identity"], format=args.format)
+    metrics = run_ensemble(
+        spec,
         args.output,
-        fmt=args.format,
-        postprocess=postprocess_from_cfg(cfg),
+        dataset=args.dataset,
+        input_dir=args.input,
         num_overlays=args.overlays,
+        opts=args.opts,
     )
     summary = {k: v for k, v in metrics.items() if k != "per_image"}
     logging.getLogger("nucdet").info("results: %s", json.dumps(summary))

@@ -13,6 +13,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(REPO))  # entry points (infer.py, ensemble_infer.py) are importable
 # Keep converted COCO caches out of the user's ~/.cache during tests.
 os.environ.setdefault("NUCDET_CACHE", tempfile.mkdtemp(prefix="nucdet-test-cache-"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,16 +1,23 @@
 """The inference job shared by ``infer.py`` and ``ensemble_infer.py``.
 
 Inputs are a folder of images or a registered dataset; each image goes through the
-predictor, post-processing and the submission writer, streaming with a progress bar.
-When the dataset has ground truth, the Kaggle MaP-IoU is computed per image and overall;
-overlays (image + predicted outlines, GT beside when known) are drawn for the first N.
+predictor (models x views, fusion, post-processing: ``nucdet.inference.ensemble``) and
+into the submission, streaming with a progress bar.
+
+Resumable: every finished image is appended to ``predictions.jsonl`` in the output folder
+(flushed and fsynced). A rerun with the same output folder reads it back (a torn last line
+from a kill is ignored), predicts only the remaining images, and writes the submission,
+in input order, atomically: the same file an uninterrupted run writes. When the inputs
+have ground truth, the Kaggle MaP-IoU is computed per image and overall; overlays (image
++ predicted outlines, GT beside when known) are drawn for chosen images.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nucdet.data.imageio import read_image
-from nucdet.io.atomic import atomic_write_bytes, atomic_write_json
+from nucdet.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from nucdet.io.writers import make_writer
 from nucdet.structures import ImagePrediction
 from nucdet.visualize import prediction_overlay
@@ -32,6 +39,7 @@ SUBMISSION_NAMES = {
     "dsb": "submission_dsb.csv",
     "coco": "coco_results.json",
 }
+PARTIAL_NAME = "predictions.jsonl"
 
 
 @dataclass
@@ -58,14 +66,14 @@ def folder_inputs(folder: str | os.PathLike) -> list[InputImage]:
 
 
 def dataset_inputs(name: str) -> list[InputImage]:
-    """Images of a registered dataset, with their annotations."""
+    """Images of a registered dataset, with their annotations and metadata."""
     from detectron2.data import DatasetCatalog
 
     if name not in DatasetCatalog.list():
         raise KeyError(f"dataset {name!r} is not registered; known: {DatasetCatalog.list()}")
     out = []
     for d in DatasetCatalog.get(name):
-        extra = {k: d[k] for k in ("modality", "cell_type") if k in d}
+        extra = {k: d[k] for k in ("modality", "cell_type", "sample_id") if k in d}
         out.append(
             InputImage(Path(d["file_name"]).stem, d["file_name"], d.get("annotations"), extra)
         )
@@ -92,51 +100,118 @@ def _labels(rles: list[dict], h: int, w: int) -> np.ndarray:
     return ImagePrediction("", h, w, rles, np.zeros(len(rles)), np.zeros(len(rles))).label_image()
 
 
+def _to_record(pred: ImagePrediction) -> dict:
+    return {
+        "image_id": pred.image_id,
+        "height": pred.height,
+        "width": pred.width,
+        "rles": [
+            {
+                "size": list(r["size"]),
+                "counts": r["counts"].decode() if isinstance(r["counts"], bytes) else r["counts"],
+            }
+            for r in pred.rles
+        ],
+        "scores": pred.scores.tolist(),
+        "classes": pred.classes.tolist(),
+    }
+
+
+def _from_record(rec: dict) -> ImagePrediction:
+    return ImagePrediction(
+        rec["image_id"], rec["height"], rec["width"], rec["rles"], rec["scores"], rec["classes"]
+    )
+
+
+def read_partial(path: Path) -> dict[str, ImagePrediction]:
+    """Predictions already written by an interrupted run (a torn last line is ignored)."""
+    done: dict[str, ImagePrediction] = {}
+    if not path.is_file():
+        return done
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: ignoring a torn line (interrupted write)", path)
+                continue
+            done[rec["image_id"]] = _from_record(rec)
+    return done
+
+
 def run_inference(
     inputs: list[InputImage],
-    predict: Callable[[np.ndarray, str], ImagePrediction],
+    predict: Callable[[np.ndarray, InputImage], ImagePrediction],
     output_dir: str | os.PathLike,
     fmt: str = "kaggle",
-    postprocess: Callable[[ImagePrediction], ImagePrediction] | None = None,
     num_overlays: int = 8,
+    overlay_ids: Sequence[str] = (),
 ) -> dict:
     """Predict every input, write the submission, overlays and ``metrics.json``.
 
-    Returns the metrics dict (``MaP-IoU`` only when every input has annotations).
+    Resumes from ``output_dir/predictions.jsonl`` (see module docstring). Returns the
+    metrics dict (``MaP-IoU`` only when every input has annotations).
     """
     from nucdet.evaluation.mapiou import map_iou_image
 
+    ids = [i.image_id for i in inputs]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise ValueError(f"image ids appear twice in the inputs: {sorted(dup)[:5]}")
     output_dir = Path(output_dir)
     (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    scores: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    with make_writer(fmt, output_dir / SUBMISSION_NAMES[fmt]) as writer:
-        for k, item in enumerate(tqdm(inputs, desc="infer")):
+    partial = output_dir / PARTIAL_NAME
+    done = read_partial(partial)
+    if done:
+        logger.info("resuming: %d of %d images already predicted", len(done), len(inputs))
+    # Rewrite the partial file without a torn tail before appending to it.
+    with atomic_open(partial, "w") as f:
+        for image_id in ids:
+            if image_id in done:
+                f.write(json.dumps(_to_record(done[image_id])) + "\n")
+    show = set(overlay_ids) | set(ids[:num_overlays])
+    with open(partial, "a") as f:
+        for item in tqdm(inputs, desc="infer"):
+            if item.image_id in done:
+                continue
             image = read_image(item.file_name)
-            pred = predict(image, item.image_id)
-            if postprocess is not None:
-                pred = postprocess(pred)
+            pred = predict(image, item)
+            f.write(json.dumps(_to_record(pred)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[item.image_id] = pred
+            if item.image_id in show:
+                gt = None
+                if item.annotations is not None:
+                    gt = _labels(
+                        gt_rles(item.annotations, pred.height, pred.width), pred.height, pred.width
+                    )
+                over = prediction_overlay(image, pred.label_image(), gt)
+                _, png = cv2.imencode(".png", over)
+                atomic_write_bytes(output_dir / "overlays" / f"{item.image_id}.png", png.tobytes())
+    scores: dict[str, float] = {}
+    with make_writer(fmt, output_dir / SUBMISSION_NAMES[fmt]) as writer:
+        for item in inputs:
+            pred = done[item.image_id]
             writer.add(pred)
-            counts[item.image_id] = len(pred)
-            gt = None
             if item.annotations is not None:
                 gt = gt_rles(item.annotations, pred.height, pred.width)
                 scores[item.image_id] = float(map_iou_image(gt, pred.rles))
-            if k < num_overlays:
-                over = prediction_overlay(
-                    image,
-                    pred.label_image(),
-                    None if gt is None else _labels(gt, pred.height, pred.width),
-                )
-                ok, png = cv2.imencode(".png", over)
-                atomic_write_bytes(output_dir / "overlays" / f"{item.image_id}.png", png.tobytes())
     metrics: dict = {
         "images": len(inputs),
-        "instances": int(sum(counts.values())),
+        "instances": int(sum(len(done[i]) for i in ids)),
         "submission": str(output_dir / SUBMISSION_NAMES[fmt]),
     }
     if scores and len(scores) == len(inputs):
         metrics["MaP-IoU"] = float(np.mean(list(scores.values())))
+        groups: dict[str, list[float]] = {}
+        for item in inputs:
+            for key in ("modality", "cell_type"):
+                if item.extra and key in item.extra:
+                    groups.setdefault(f"MaP-IoU-{item.extra[key]}", []).append(
+                        scores[item.image_id]
+                    )
+        metrics.update({k: float(np.mean(v)) for k, v in sorted(groups.items())})
         metrics["per_image"] = scores
     atomic_write_json(output_dir / "metrics.json", metrics, indent=1)
     return metrics
