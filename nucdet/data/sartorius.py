@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -36,7 +35,7 @@ from nucdet.data.coco import CocoBuilder, load_coco
 from nucdet.data.imageio import image_size
 from nucdet.data.labels import add_annotations, sorted_indices_to_annotation
 from nucdet.io.atomic import atomic_open
-from nucdet.io.rle import coco_rle_to_mask, rle_encode
+from nucdet.io.rle import coco_rle_to_mask, rle_encode, rle_to_indices
 
 logger = logging.getLogger(__name__)
 
@@ -49,54 +48,6 @@ IMAGE_KEYS = ("sample_id", "plate_time", "sample_date", "elapsed_timedelta", "ce
 
 class SartoriusFormatError(ValueError):
     """A Sartorius CSV row disagrees with the format or with its image."""
-
-
-def kaggle_rle_runs(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Validated 0-based starts and lengths of a Kaggle RLE string over ``shape``.
-
-    Same rules and messages as ``nucdet.io.rle.rle_decode`` (odd token count, start below
-    1, non-positive length, run past the end of the image, unsorted/overlapping runs).
-    """
-    n = int(shape[0]) * int(shape[1])
-    text = "" if rle is None else str(rle).strip()
-    if not text or text.lower() == "nan":
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    try:
-        runs = np.array(text.split(), dtype=np.int64)
-    except ValueError as e:
-        raise ValueError(f"RLE has a non-integer token: {e}") from None
-    if len(runs) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(runs)})")
-    starts, lengths = runs[0::2] - 1, runs[1::2]
-    if (starts < 0).any():
-        raise ValueError("RLE start below 1 (starts are 1-indexed)")
-    if (lengths <= 0).any():
-        raise ValueError("RLE has a run length <= 0")
-    ends = starts + lengths
-    if ends.max() > n:
-        raise ValueError(
-            f"RLE runs past the end of the image ({int(ends.max())} > {shape[0]}x{shape[1]}={n})"
-        )
-    if len(starts) > 1 and (starts[1:] < ends[:-1]).any():
-        raise ValueError("RLE runs are unsorted or overlap")
-    return starts, lengths
-
-
-def kaggle_rle_to_indices(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
-    """Sorted column-major pixel indices (``col * h + row``) of a Kaggle RLE string."""
-    h, w = int(shape[0]), int(shape[1])
-    starts, lengths = kaggle_rle_runs(rle, (h, w))
-    if starts.size == 0:
-        return starts
-    # Expand runs to pixel indices without a Python loop: arange minus per-run offsets.
-    offsets = np.cumsum(lengths) - lengths
-    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
-    if order == "F":
-        return flat
-    if order != "C":
-        raise ValueError(f"RLE order must be 'C' or 'F', got {order!r}")
-    rows, cols = np.divmod(flat, w)
-    return np.sort(cols * h + rows)
 
 
 def read_sartorius_csv(csv_file: str | os.PathLike) -> pd.DataFrame:
@@ -191,7 +142,7 @@ def sartorius_to_coco(
                         f"{where(r, image_id)}: cell_type {cell_type!r} not in {names}"
                     )
                 try:
-                    idx = kaggle_rle_to_indices(annotation[r], (h, w), order="C")
+                    idx = rle_to_indices(annotation[r], (h, w), order="C")
                 except ValueError as e:
                     raise SartoriusFormatError(f"{where(r, image_id)}: {e}") from None
                 if idx.size:  # an empty annotation marks an image without cells

@@ -32,6 +32,7 @@ import numpy as np
 from nucdet.data.labels import sorted_indices_to_rle
 from nucdet.evaluation.groundtruth import segmentation_to_rle
 from nucdet.evaluation.matching import decode_rle_pixels
+from nucdet.io.rle import rle_to_indices
 from nucdet.structures import ImagePrediction
 
 
@@ -43,46 +44,6 @@ class ImageRef(Protocol):
     image_id: str
     height: int
     width: int
-
-
-def kaggle_rle_to_indices(text: str, height: int, width: int, order: str = "C") -> np.ndarray:
-    """Sorted column-major pixel indices of a Kaggle RLE string (1-indexed starts).
-
-    ``order``: "C" when the runs count pixels row by row (Sartorius), "F" column by
-    column (DSB2018). Raises ``ValueError`` on malformed input.
-    """
-    if order not in ("C", "F"):
-        raise ValueError(f"RLE order must be 'C' or 'F', got {order!r}")
-    n = height * width
-    tokens = str(text).split()
-    if not tokens:
-        return np.zeros(0, np.int64)
-    try:
-        runs = np.array(tokens, dtype=np.int64)
-    except (ValueError, OverflowError):
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise ValueError(f"RLE has a non-integer token {bad!r}") from None
-    if len(runs) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(runs)})")
-    starts, lengths = runs[0::2] - 1, runs[1::2]
-    if (starts < 0).any():
-        raise ValueError("RLE start below 1 (starts are 1-indexed)")
-    if (lengths <= 0).any():
-        raise ValueError("RLE has a run length <= 0")
-    ends = starts + lengths
-    if ends.max() > n:
-        raise ValueError(
-            f"RLE runs past the end of the image ({int(ends.max())} > {height}x{width})"
-        )
-    if len(starts) > 1 and (starts[1:] < ends[:-1]).any():
-        raise ValueError("RLE runs are unsorted or overlap")
-    idx = np.arange(int(lengths.sum())) + np.repeat(
-        starts - (np.cumsum(lengths) - lengths), lengths
-    )
-    if order == "F":
-        return idx
-    rows, cols = np.divmod(idx, width)
-    return np.sort(cols * height + rows)
 
 
 def _overlap_message(idx_lists: list[np.ndarray], lines: list[int], n: int) -> str | None:
@@ -138,7 +99,7 @@ def read_rle_csv(
             if not text:
                 continue
             try:
-                idx = kaggle_rle_to_indices(text, ref.height, ref.width, order)
+                idx = rle_to_indices(text, (ref.height, ref.width), order)
             except ValueError as e:
                 raise SubmissionError(
                     f"{path}, line {line} (image {image_id}): bad RLE: {e}"

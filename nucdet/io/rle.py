@@ -70,24 +70,24 @@ def _c_rle(rle: dict) -> dict:
     return rle
 
 
-def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray:
-    """Decode a Kaggle RLE string into a boolean mask of ``shape`` (height, width).
+def rle_runs(rle: str | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Validated 0-based starts and lengths of a Kaggle RLE string over ``shape``.
 
     Raises ``ValueError`` on malformed input: non-integer tokens, an odd token count,
     starts below 1, non-positive lengths, runs past the end of the image or overlapping
-    / unsorted runs.
+    / unsorted runs. Empty, None and "nan" mean no pixel.
     """
-    _check_order(order)
     h, w = int(shape[0]), int(shape[1])
     n = h * w
     text = "" if rle is None else str(rle).strip()
-    out = np.zeros(n, dtype=bool)
     if not text or text.lower() == "nan":
-        return out.reshape((h, w), order=order)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    tokens = text.split()
     try:
-        runs = np.array(text.split(), dtype=np.int64)
-    except ValueError as e:
-        raise ValueError(f"RLE has a non-integer token: {e}") from None
+        runs = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError):
+        bad = next((t for t in tokens if not t.lstrip("-").isdigit()), tokens[0])
+        raise ValueError(f"RLE has a non-integer token {bad!r}") from None
     if len(runs) % 2:
         raise ValueError(f"RLE has an odd number of values ({len(runs)})")
     starts, lengths = runs[0::2] - 1, runs[1::2]
@@ -100,12 +100,42 @@ def rle_decode(rle: str, shape: tuple[int, int], order: str = "C") -> np.ndarray
         raise ValueError(f"RLE runs past the end of the image ({int(ends.max())} > {h}x{w}={n})")
     if len(starts) > 1 and (starts[1:] < ends[:-1]).any():
         raise ValueError("RLE runs are unsorted or overlap")
+    return starts, lengths
+
+
+def rle_decode(rle: str | None, shape: tuple[int, int], order: str = "C") -> np.ndarray:
+    """Decode a Kaggle RLE string into a boolean mask of ``shape`` (height, width).
+
+    Validation as in ``rle_runs``.
+    """
+    _check_order(order)
+    h, w = int(shape[0]), int(shape[1])
+    starts, lengths = rle_runs(rle, (h, w))
     # Mark run boundaries and integrate: O(n) without a Python loop over runs.
-    delta = np.zeros(n + 1, dtype=np.int32)
+    delta = np.zeros(h * w + 1, dtype=np.int32)
     np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    out = np.cumsum(delta[:-1]) > 0
-    return out.reshape((h, w), order=order)
+    np.add.at(delta, starts + lengths, -1)
+    return (np.cumsum(delta[:-1]) > 0).reshape((h, w), order=order)
+
+
+def rle_to_indices(rle: str | None, shape: tuple[int, int], order: str = "C") -> np.ndarray:
+    """Sorted column-major pixel indices (``col * h + row``) of a Kaggle RLE string.
+
+    The sparse form of ``rle_decode``: no image-sized array (used by converters and
+    submission readers on images with hundreds of instances).
+    """
+    _check_order(order)
+    h, w = int(shape[0]), int(shape[1])
+    starts, lengths = rle_runs(rle, (h, w))
+    if starts.size == 0:
+        return starts
+    # Expand runs to pixel indices without a Python loop: arange minus per-run offsets.
+    offsets = np.cumsum(lengths) - lengths
+    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    if order == "F":
+        return flat
+    rows, cols = np.divmod(flat, w)
+    return np.sort(cols * h + rows)
 
 
 def mask_to_coco_rle(mask: np.ndarray) -> dict:

@@ -13,7 +13,6 @@ from nucdet.data.imageio import ImageReadError
 from nucdet.data.sartorius import (
     SartoriusFormatError,
     coco_to_sartorius_csv,
-    kaggle_rle_to_indices,
     sartorius_to_coco,
 )
 from nucdet.io.rle import coco_rle_to_mask, rle_decode, rle_encode
@@ -59,15 +58,6 @@ def test_hand_written_rles_decode_to_known_masks():
         rle = row.split(",")[1]
         assert np.array_equal(rle_decode(rle, (H, W), "C"), mask)
         assert rle_encode(mask, "C") == rle
-
-
-def test_fast_indices_agree_with_rle_decode():
-    rng = np.random.default_rng(1)
-    for order in ("C", "F"):
-        for _ in range(20):
-            m = rng.random((9, 13)) < 0.3
-            got = kaggle_rle_to_indices(rle_encode(m, order), (9, 13), order)
-            assert np.array_equal(got, np.flatnonzero(m.ravel(order="F")))
 
 
 def test_csv_to_coco_keeps_masks_overlaps_categories_and_metadata(tmp_path):

@@ -22,12 +22,11 @@ from nucdet.evaluation.groundtruth import GtDataset
 from nucdet.evaluation.score import main
 from nucdet.io.readers import (
     SubmissionError,
-    kaggle_rle_to_indices,
     read_coco_results,
     read_dsb_csv,
     read_kaggle_csv,
 )
-from nucdet.io.rle import mask_to_coco_rle, rle_decode, rle_encode
+from nucdet.io.rle import mask_to_coco_rle, rle_encode
 from nucdet.io.writers import make_writer
 from nucdet.structures import ImagePrediction
 
@@ -71,18 +70,6 @@ def _kaggle_rows(order="C"):
         ["img1", rle_encode(G1[1], order)],
         ["img2", ""],  # no object predicted for img2
     ]
-
-
-def test_kaggle_rle_to_indices_matches_rle_decode():
-    rng = np.random.default_rng(3)
-    for _ in range(100):
-        h, w = (int(v) for v in rng.integers(1, 12, 2))
-        m = rng.random((h, w)) < 0.4
-        for order in ("C", "F"):
-            text = rle_encode(m, order)
-            idx = kaggle_rle_to_indices(text, h, w, order)
-            ref = rle_decode(text, (h, w), order)
-            np.testing.assert_array_equal(idx, np.flatnonzero(ref.T))  # column-major
 
 
 def test_readers_decode_masks(gt_path, tmp_path):

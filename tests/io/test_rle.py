@@ -11,6 +11,7 @@ from nucdet.io.rle import (
     mask_to_coco_rle,
     rle_decode,
     rle_encode,
+    rle_to_indices,
 )
 
 
@@ -87,3 +88,15 @@ def test_crop_to_coco_rle_equals_full_encoding():
         assert crop_to_coco_rle(crop, y0, x0, h, w) == mask_to_coco_rle(full)
     with pytest.raises(ValueError, match="outside"):
         crop_to_coco_rle(np.ones((3, 3), bool), 2, 0, 4, 4)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_rle_to_indices_is_the_sparse_decode(order):
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        m = rng.random((h, w)) < 0.4
+        idx = rle_to_indices(rle_encode(m, order), (h, w), order)
+        assert np.array_equal(idx, np.flatnonzero(m.ravel(order="F")))  # column-major
+    with pytest.raises(ValueError, match="past the end"):
+        rle_to_indices("5 3", (2, 3), order)
