@@ -15,15 +15,10 @@ images with a progress bar and resumes an interrupted run from ``out/predictions
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
-from detectron2.utils.logger import setup_logger
-
-from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, run_ensemble
+from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, add_io_arguments, run_from_args
 from nucdet.inference.fusion import FUSION_METHODS
-from nucdet.inference.pipeline import SUBMISSION_NAMES
 
 
 def parse_args(argv=None):
@@ -33,14 +28,7 @@ def parse_args(argv=None):
     ap.add_argument("--weights-per-model", help="comma-separated fusion weights")
     ap.add_argument("--views", help="comma-separated TTA views, e.g. identity,hflip,vflip")
     ap.add_argument("--fusion", choices=sorted(FUSION_METHODS))
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="folder of images (or DSB <id>/images/ layout)")
-    src.add_argument("--dataset", help="registered dataset name")
-    ap.add_argument("--output", required=True, help="output folder")
-    ap.add_argument("--format", choices=sorted(SUBMISSION_NAMES))
-    ap.add_argument("--overlays", type=int, default=8, help="overlay PNGs for the first N images")
-    ap.add_argument("--overlay-ids", default="", help="comma-separated image ids to overlay")
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_io_arguments(ap, default_format=None)
     return ap.parse_args(argv)
 
 
@@ -72,21 +60,7 @@ def build_spec(args) -> EnsembleSpec:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    setup_logger(name="nucdet")
-    spec = build_spec(args)
-    overlay_ids = [i for i in args.overlay_ids.split(",") if i]
-    metrics = run_ensemble(
-        spec,
-        args.output,
-        dataset=args.dataset,
-        input_dir=args.input,
-        num_overlays=args.overlays,
-        overlay_ids=overlay_ids,
-        opts=args.opts,
-    )
-    summary = {k: v for k, v in metrics.items() if k != "per_image"}
-    logging.getLogger("nucdet").info("results: %s", json.dumps(summary))
-    return metrics
+    return run_from_args(build_spec(args), args)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,9 @@ and no TTA.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
-from detectron2.utils.logger import setup_logger
-
-from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, run_ensemble
-from nucdet.inference.pipeline import SUBMISSION_NAMES
+from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, add_io_arguments, run_from_args
 
 
 def parse_args(argv=None):
@@ -30,34 +25,16 @@ def parse_args(argv=None):
     ap.add_argument("--model-dir", required=True, help="training output directory")
     ap.add_argument("--config-file", help="default: <model-dir>/config.yaml")
     ap.add_argument("--weights", help="default: best, else final, else last checkpoint")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="folder of images (or DSB <id>/images/ layout)")
-    src.add_argument("--dataset", help="registered dataset name")
-    ap.add_argument("--output", required=True, help="output folder")
-    ap.add_argument("--format", default="kaggle", choices=sorted(SUBMISSION_NAMES))
-    ap.add_argument("--overlays", type=int, default=8, help="overlay PNGs for the first N images")
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_io_arguments(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    setup_logger(name="nucdet")
     model = ModelSpec(
         "model", model_dir=args.model_dir, config=args.config_file, weights=args.weights
     )
-    spec = EnsembleSpec([model], views=["identity"], format=args.format)
-    metrics = run_ensemble(
-        spec,
-        args.output,
-        dataset=args.dataset,
-        input_dir=args.input,
-        num_overlays=args.overlays,
-        opts=args.opts,
-    )
-    summary = {k: v for k, v in metrics.items() if k != "per_image"}
-    logging.getLogger("nucdet").info("results: %s", json.dumps(summary))
-    return metrics
+    return run_from_args(EnsembleSpec([model], views=["identity"], format=args.format), args)
 
 
 if __name__ == "__main__":

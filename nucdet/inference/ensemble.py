@@ -19,6 +19,9 @@ YAML form (``configs/ensembles/*.yaml``; paths relative to the working directory
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,11 +31,13 @@ from typing import Any
 import numpy as np
 import yaml
 from detectron2.config import CfgNode
+from detectron2.utils.logger import setup_logger
 
 from nucdet.engine.defaults import build_cfg
 from nucdet.inference.fusion import FUSION_METHODS, fuse
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.pipeline import (
+    SUBMISSION_NAMES,
     InputImage,
     dataset_inputs,
     folder_inputs,
@@ -209,3 +214,32 @@ def run_ensemble(
         num_overlays=num_overlays,
         overlay_ids=overlay_ids,
     )
+
+
+def add_io_arguments(ap: argparse.ArgumentParser, default_format: str | None = "kaggle") -> None:
+    """The input / output flags shared by infer.py and ensemble_infer.py."""
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="folder of images (or DSB <id>/images/ layout)")
+    src.add_argument("--dataset", help="registered dataset name")
+    ap.add_argument("--output", required=True, help="output folder")
+    ap.add_argument("--format", default=default_format, choices=sorted(SUBMISSION_NAMES))
+    ap.add_argument("--overlays", type=int, default=8, help="overlay PNGs for the first N images")
+    ap.add_argument("--overlay-ids", default="", help="comma-separated image ids to overlay")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+
+
+def run_from_args(spec: EnsembleSpec, args: argparse.Namespace) -> dict:
+    """Run the job described by ``spec`` and the shared flags; log the summary."""
+    setup_logger(name="nucdet")
+    metrics = run_ensemble(
+        spec,
+        args.output,
+        dataset=args.dataset,
+        input_dir=args.input,
+        num_overlays=args.overlays,
+        overlay_ids=[i for i in args.overlay_ids.split(",") if i],
+        opts=args.opts,
+    )
+    summary = {k: v for k, v in metrics.items() if k != "per_image"}
+    logging.getLogger("nucdet").info("results: %s", json.dumps(summary))
+    return metrics
