@@ -424,17 +424,22 @@ def bundle_model(model_dir: Path, dest: Path, weights: Path | None = None) -> di
 
 def rewrite_ensemble(
     ensemble: dict[str, Any], base_dirs: Sequence[Path], models: dict[Path, str]
-) -> tuple[Any, dict[Path, str], dict[Path, Path]]:
+) -> tuple[Any, dict[Path, str], dict[Path, Path], dict[Path, str]]:
     """Replace every path in the ensemble YAML that points into a model directory by its
     place in the bundle: ``{bundle}/models/<name>`` for the directory, ``.../<file>`` for a
     file in it (a weights file by its ``bundled_weights_name``). Directories holding a
     config.yaml that are not among ``models`` yet are added (name = directory name, made
     unique). Paths are resolved against ``base_dirs`` in order.
 
-    Returns (new YAML data, models, {model dir: the weights file the YAML names}).
+    Any other existing file the YAML names (a routing ``ids_file``, say) is listed in
+    ``files`` and becomes ``{bundle}/ensembles/files/<name>``; the caller copies it there.
+
+    Returns (new YAML data, models, {model dir: the weights file the YAML names},
+    files {source path: path in the bundle}).
     """
     models = dict(models)
     weights: dict[Path, Path] = {}
+    files: dict[Path, str] = {}
 
     def model_name_for(d: Path) -> str:
         if d not in models:
@@ -475,9 +480,17 @@ def rewrite_ensemble(
                     )
                 return f"{PLACEHOLDER}/models/{name}/{bundled_weights_name(p)}"
             return f"{PLACEHOLDER}/models/{name}/{p.name}"
+        if p.is_file():
+            if p not in files:
+                stem, k, taken = p.name, 1, set(files.values())
+                while f"ensembles/files/{stem}" in taken:
+                    k += 1
+                    stem = f"{k}_{p.name}"
+                files[p] = f"ensembles/files/{stem}"
+            return f"{PLACEHOLDER}/{files[p]}"
         return node
 
-    return visit(ensemble), models, weights
+    return visit(ensemble), models, weights, files
 
 
 # ---- the bundle --------------------------------------------------------------------------------
@@ -504,33 +517,28 @@ def _unique_names(dirs: Sequence[Path]) -> dict[Path, str]:
 
 
 def commands() -> dict[str, list[str]]:
-    """Inference command templates the notebook fills in ({python}, {bundle}, {input}, ...)."""
+    """Inference command templates the notebook fills in ({python}, {bundle}, {input},
+    {output}, {device}, and {model_dir} or {ensemble}); it appends its EXTRA_OPTS."""
+    common = ["--input", "{input}", "--output", "{output}", "--format", "kaggle", "--overlays", "0"]
+    # Trailing KEY VALUE pairs override the config of every model: the Kaggle GPU, also
+    # for a model that was trained (and so configured) on a CPU.
+    device = ["MODEL.DEVICE", "{device}"]
     return {
         "model": [
             "{python}",
             "{bundle}/scripts/infer.py",
             "--model-dir",
             "{model_dir}",
-            "--input",
-            "{input}",
-            "--output",
-            "{output}",
-            "--format",
-            "kaggle",
-            "--overlays",
-            "0",
+            *common,
+            *device,
         ],
         "ensemble": [
             "{python}",
             "{bundle}/scripts/ensemble_infer.py",
             "--ensemble",
             "{ensemble}",
-            "--input",
-            "{input}",
-            "--output",
-            "{output}",
-            "--format",
-            "kaggle",
+            *common,
+            *device,
         ],
     }
 
@@ -603,10 +611,13 @@ def _assemble(
     if ensemble is not None:
         ensemble = Path(ensemble)
         data = yaml.safe_load(ensemble.read_text())
-        rewritten, models, ensemble_weights = rewrite_ensemble(
+        rewritten, models, ensemble_weights, files = rewrite_ensemble(
             data, [Path.cwd(), ensemble.parent.resolve(), source], models
         )
         (out / "ensembles").mkdir()
+        for src_file, rel in files.items():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src_file, out / rel)
         with atomic_open(out / "ensembles" / ensemble.name, "w") as f:
             yaml.safe_dump(rewritten, f, sort_keys=False)
         manifest["ensemble"] = f"ensembles/{ensemble.name}"

@@ -119,24 +119,31 @@ def test_rewrite_ensemble_points_models_into_the_bundle(tmp_path):
         (tmp_path / "out" / name).mkdir(parents=True)
         (tmp_path / "out" / name / "config.yaml").write_text("MODEL: {}\n")
         (tmp_path / "out" / name / "model_final.pth").write_bytes(b"")
+    (tmp_path / "ids.txt").write_text("a\n")
     data = {
         "models": [
             {"model_dir": "out/a", "weight": 2.0},
-            {"config": "out/b/config.yaml", "weights": "out/b/model_final.pth"},
+            {
+                "config": "out/b/config.yaml",
+                "weights": "out/b/model_final.pth",
+                "route": {"ids_file": "ids.txt"},
+            },
         ],
         "fusion": {"method": "wbf", "iou_thr": 0.5},
         "note": "not/a/path",
     }
     given = {(tmp_path / "out" / "a").resolve(): "r50"}
-    new, models, weights = kb.rewrite_ensemble(data, [tmp_path], given)
+    new, models, weights, files = kb.rewrite_ensemble(data, [tmp_path], given)
     assert new["models"][0] == {"model_dir": "{bundle}/models/r50", "weight": 2.0}
     assert new["models"][1] == {
         "config": "{bundle}/models/b/config.yaml",
         "weights": "{bundle}/models/b/model_final.pth",
+        "route": {"ids_file": "{bundle}/ensembles/files/ids.txt"},
     }
     assert new["fusion"] == data["fusion"] and new["note"] == "not/a/path"
     b = (tmp_path / "out" / "b").resolve()
     assert weights == {b: b / "model_final.pth"}
+    assert files == {(tmp_path / "ids.txt").resolve(): "ensembles/files/ids.txt"}
     assert models == {
         (tmp_path / "out" / "a").resolve(): "r50",
         (tmp_path / "out" / "b").resolve(): "b",
@@ -243,13 +250,14 @@ def test_ensemble_bundle_rewrites_paths_and_inlines_dataset_normalisation(tmp_pa
             {
                 "models": [
                     {"dir": str(runs / "r18"), "weights": str(runs / "r18" / "model_0000099.pth")},
-                    {"dir": "runs/r50"},
+                    {"dir": "runs/r50", "route": {"ids_file": "ids.txt"}},
                 ],
                 "tta": ["hflip"],
                 "fusion": {"method": "wbf"},
             }
         )
     )
+    (tmp_path / "ids.txt").write_text("x\n")
     out = tmp_path / "bundle"
     manifest = json.loads(
         kb.main(
@@ -277,11 +285,15 @@ def test_ensemble_bundle_rewrites_paths_and_inlines_dataset_normalisation(tmp_pa
     assert bundled == {
         "models": [
             {"dir": "{bundle}/models/r18", "weights": "{bundle}/models/r18/model_final.pth"},
-            {"dir": "{bundle}/models/r50"},
+            {
+                "dir": "{bundle}/models/r50",
+                "route": {"ids_file": "{bundle}/ensembles/files/ids.txt"},
+            },
         ],
         "tta": ["hflip"],
         "fusion": {"method": "wbf"},
     }
+    assert (out / "ensembles" / "files" / "ids.txt").read_text() == "x\n"
     assert sorted(p.name for p in (out / "scripts").iterdir()) == ["ensemble_infer.py", "infer.py"]
     assert manifest["install"][0] == "nucdet==9.9"
     # The r18 config no longer needs stats.json: its mean/std are in the config itself.
