@@ -1,12 +1,14 @@
-"""The offline Kaggle bundle end to end: build it for a tiny model, then run its notebook
-headless (nbclient) in a fresh virtual environment that, like a Kaggle image, has torch,
-torchvision and Jupyter but neither nucdet nor detectron2, with no package index.
+"""The offline Kaggle bundle end to end: build it for a tiny model and a flip-TTA ensemble
+of it, then run its notebook headless (nbclient) in a fresh virtual environment that, like
+a Kaggle image, has torch, torchvision and Jupyter but neither nucdet nor detectron2, with
+no package index: once with the single model, once with the ensemble.
 
 Slow (a few minutes: ~300 MB of wheels are repacked and installed): ``make test-slow``.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -15,8 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import SAMPLE_ROOT, tiny_cfg
+import yaml
+from conftest import REPO, SAMPLE_ROOT, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -57,17 +61,33 @@ def expose_base_packages(site: Path) -> Path:
     return site
 
 
-def test_bundle_notebook_writes_a_valid_submission(tmp_path, monkeypatch):
+def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
+    from nucdet.data.imageio import image_size
     from nucdet.io.rle import rle_decode
     from nucdet.tools import kaggle_bundle
 
     model = make_tiny_model_dir(tmp_path / "train_out" / "tiny")
+    # The shipped example ensemble (flip TTA, WBF + mask voting) pointed at the tiny model.
+    ensemble = yaml.safe_load(
+        (REPO / "configs" / "ensembles" / "dsb_tiny_flip_tta.yaml").read_text()
+    )
+    ensemble["models"] = [{"name": "tiny", "model_dir": str(model), "weight": 1.0}]
+    ensemble["postprocess"] = {"SCORE_THRESH": [0.0]}
+    (tmp_path / "tta.yaml").write_text(yaml.safe_dump(ensemble))
     bundle = tmp_path / "nucdet-bundle"
     manifest_path = kaggle_bundle.main(
-        ["--model-dir", str(model), "--output", str(bundle), "--offline"]
+        [
+            "--model-dir",
+            str(model),
+            "--ensemble",
+            str(tmp_path / "tta.yaml"),
+            "--output",
+            str(bundle),
+            "--offline",
+        ]
     )
     manifest = json.loads(manifest_path.read_text())
     names = {w["name"] for w in manifest["wheels"]}
@@ -138,33 +158,48 @@ def test_bundle_notebook_writes_a_valid_submission(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # belt and braces: the notebook says --no-index
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/")  # unreachable on purpose
 
-    work = tmp_path / "working"
-    work.mkdir()
-    nb = nbformat.read(bundle / "kaggle_submission.ipynb", as_version=4)
-    assert "parameters" in nb.cells[0].metadata.get("tags", [])
-    # papermill-style: the injected cell follows the parameters cell and overrides it.
-    nb.cells.insert(
-        1,
-        nbformat.v4.new_code_cell(
-            f"BUNDLE_DIR = {str(bundle)!r}\nTEST_DIR = {str(test_dir)!r}\n"
-            f"WORK_DIR = {str(work)!r}\nDEVICE = 'cpu'\n"
-            "EXTRA_OPTS = ['POSTPROCESS.SCORE_THRESH', '[0.0]']\n"
-        ),
-    )
-    NotebookClient(
-        nb, kernel_name="kaggle-like", timeout=1200, resources={"metadata": {"path": str(work)}}
-    ).execute()
+    client_nb = nbformat.read(bundle / "kaggle_submission.ipynb", as_version=4)
+    assert "parameters" in client_nb.cells[0].metadata.get("tags", [])
 
-    with open(work / "submission.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["id", "predicted"]
-    assert {r[0] for r in rows[1:]} == set(ids)
-    from nucdet.data.imageio import image_size
+    def run_notebook(work: Path, predictor: str) -> list[list[str]]:
+        """Execute the bundled notebook with papermill-style injected parameters."""
+        nb = copy.deepcopy(client_nb)
+        nb.cells.insert(
+            1,
+            nbformat.v4.new_code_cell(
+                f"BUNDLE_DIR = {str(bundle)!r}\nTEST_DIR = {str(test_dir)!r}\n"
+                f"WORK_DIR = {str(work)!r}\nDEVICE = 'cpu'\nPREDICTOR = {predictor!r}\n"
+                "EXTRA_OPTS = ['POSTPROCESS.SCORE_THRESH', '[0.0]']\n"
+            ),
+        )
+        work.mkdir()
+        NotebookClient(
+            nb, kernel_name="kaggle-like", timeout=1200, resources={"metadata": {"path": str(work)}}
+        ).execute()
+        with open(work / "submission.csv", newline="") as f:
+            return list(csv.reader(f))
 
-    for image_id, rle in rows[1:]:
-        if rle:
+    def check_submission(rows: list[list[str]]) -> None:
+        """id,predicted header; every image present; masks valid, non-empty, disjoint."""
+        assert rows[0] == ["id", "predicted"]
+        assert {r[0] for r in rows[1:]} == set(ids)
+        assert any(r[1] for r in rows[1:]), "the untrained model with threshold 0 predicts"
+        for image_id in ids:
             h, w = image_size(test_dir / f"{image_id}.png")
-            assert rle_decode(rle, (h, w), order="C").any()
+            masks = [
+                rle_decode(r[1], (h, w), order="C") for r in rows[1:] if r[0] == image_id and r[1]
+            ]
+            assert all(m.any() for m in masks)
+            if masks:
+                assert np.sum(masks, axis=0).max() == 1, f"{image_id}: overlapping masks"
+
+    check_submission(run_notebook(tmp_path / "working", "tiny"))
+    # Second run in the same "session": the bundled ensemble (installation is a no-op now).
+    check_submission(run_notebook(tmp_path / "working2", "auto"))
+    resolved = yaml.safe_load((tmp_path / "working2" / "ensemble.yaml").read_text())
+    assert resolved["models"][0]["model_dir"] == str(bundle / "models" / "tiny")
+    assert (tmp_path / "working2" / "nucdet_predictions" / "ensemble" / "submission.csv").is_file()
+
     # nucdet and detectron2 were installed from the bundle's wheels into the venv.
     res = subprocess.run(
         [

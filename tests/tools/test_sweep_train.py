@@ -75,6 +75,12 @@ def test_real_sweep_killed_and_resumed(tmp_path):
         "300",
         "TEST.DETECTIONS_PER_IMAGE",
         "30",
+        # Score thresholds 0: a 3-iteration model scores everything low, and the evaluation
+        # comparison at the end should be between real predictions, not two empty sets.
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "POSTPROCESS.SCORE_THRESH",
+        "[0.0]",
         *tiny_val(tmp_path),
     ]
     out = tmp_path / "sweep"
@@ -123,7 +129,7 @@ def test_real_sweep_killed_and_resumed(tmp_path):
     # The evaluation-only pass on the final weights gives the trainer's final numbers.
     final = sweep.summarize_run(runs / NAMES[0])["final"]
     flat = sweep.evaluate_run_dir(runs / NAMES[0])
-    assert final["count/n_pred"] == 30.0  # score threshold 0: every detection is kept
+    assert final["count/n_pred"] == 30.0  # every detection kept
     assert set(flat) == set(final)
     for key, value in final.items():
         assert flat[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
