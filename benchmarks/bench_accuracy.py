@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Accuracy side by side on one validation fold: classical baseline vs trained recipe vs
+flip TTA vs a 2-model ensemble, Kaggle MaP-IoU overall and per modality.
+
+    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=2 .venv/bin/python \
+        benchmarks/bench_accuracy.py --model-dir output/accuracy/recipe60/train \
+        [--second-model-dir output/accuracy/recipe/train] [--dataset dsb2018_fold0_val] \
+        [--work output/accuracy/bench] [--output benchmarks/results/accuracy.json]
+
+Methods (each model's ``model_final.pth``, i.e. the end of its schedule; ``model_best.pth``
+was picked on a subset of this same fold and would flatter it):
+
+- ``watershed``: ``benchmarks/baseline_watershed.py``, computed in this run;
+- ``recipe``: ``infer.py`` with the first model (identity view);
+- ``recipe+flipTTA``: ``ensemble_infer.py``, the first model on the identity, horizontal
+  and vertical flip views, ``wbf_mask_vote`` fusion;
+- ``second``: ``infer.py`` with the second model alone (so the ensemble has a reference);
+- ``ensemble``: ``ensemble_infer.py``, both models, identity view, ``wbf_mask_vote``;
+- ``ensemble+flipTTA``: both models x the three views.
+
+Every model method writes a DSB submission (``ImageId,EncodedPixels``) under ``--work``;
+this script runs the command only when the submission is missing (``--force`` redoes it),
+records the command and its wall time, reads every submission back with
+``nucdet.io.readers.read_dsb_csv`` and scores all methods with the same
+``nucdet.evaluation.mapiou.map_iou_dataset`` (groups = modality). Post-processing is the
+models' ``POSTPROCESS.*`` (score >= 0.5, overlaps removed by score) for every method.
+Prints a Markdown table (MaP-IoU and the ratio to the baseline) and writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from baseline_watershed import score_dataset  # noqa: E402
+
+logger = logging.getLogger("bench_accuracy")
+MODALITIES = ("fluorescence", "stained", "brightfield")
+FLIP_VIEWS = "identity,hflip,vflip"
+SUBMISSION = "submission_dsb.csv"
+
+
+def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
+    """An ensemble spec (equal weights, each model's ``model_final.pth``) for
+    ``ensemble_infer.py --ensemble``."""
+    spec = {
+        "models": [
+            {
+                "name": f"m{i}",
+                "config": str(d / "config.yaml"),
+                "weights": str(d / "model_final.pth"),
+                "weight": 1.0,
+            }
+            for i, d in enumerate(model_dirs)
+        ],
+        "views": views.split(","),
+        "fusion": {"method": "wbf_mask_vote", "iou_thr": 0.55, "conf_type": "box_and_model_avg"},
+        "format": "dsb",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from nucdet.io.atomic import atomic_open
+
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    return path
+
+
+def method_commands(
+    dataset: str, work: Path, first: Path, second: Path | None
+) -> dict[str, list[str]]:
+    """Command producing each model method's submission (``<work>/<method>/``)."""
+    py = sys.executable
+
+    def single(model: Path, out: str) -> list[str]:
+        return [py, "infer.py", "--model-dir", str(model), "--weights",
+                str(model / "model_final.pth"), "--dataset", dataset, "--output",
+                str(work / out), "--format", "dsb", "--overlays", "0"]  # fmt: skip
+
+    def ensemble(models: list[Path], views: str, out: str) -> list[str]:
+        spec = ensemble_yaml(work / f"{out}.yaml", models, views)
+        return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
+                "--output", str(work / out), "--format", "dsb", "--overlays", "0"]  # fmt: skip
+
+    cmds = {
+        "recipe": single(first, "recipe"),
+        "recipe+flipTTA": ensemble([first], FLIP_VIEWS, "recipe_fliptta"),
+    }
+    if second is not None:
+        cmds["second"] = single(second, "second")
+        cmds["ensemble"] = ensemble([first, second], "identity", "ensemble")
+        cmds["ensemble+flipTTA"] = ensemble([first, second], FLIP_VIEWS, "ensemble_fliptta")
+    return cmds
+
+
+def score_submission(path: Path, gt: Any, groups: dict[str, str]) -> dict[str, Any]:
+    from nucdet.evaluation.mapiou import map_iou_dataset
+    from nucdet.io.readers import read_dsb_csv
+
+    preds = read_dsb_csv(path, gt.images)
+    res = map_iou_dataset(
+        [(im.image_id, im.instances(), preds[im.image_id]) for im in gt.images], groups=groups
+    )
+    return {
+        "MaP-IoU": res["mean"],
+        "per_modality": {g: v["mean"] for g, v in res["groups"].items()},
+        "per_threshold": res["per_threshold"],
+        "instances": sum(len(p.rles) for p in preds.values()),
+        "per_image": res["per_image"],
+    }
+
+
+def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
+    base = results["watershed"]
+    head = ["method", "overall", *(f"{m} ({n_per.get(m, 0)})" for m in MODALITIES), "vs watershed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        cells = [f"{r['MaP-IoU']:.3f}"]
+        cells += [f"{r['per_modality'].get(m, float('nan')):.3f}" for m in MODALITIES]
+        cells.append(f"{r['MaP-IoU'] / base['MaP-IoU']:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dataset", default="dsb2018_fold0_val")
+    ap.add_argument("--model-dir", required=True, help="the recipe's training OUTPUT_DIR")
+    ap.add_argument("--second-model-dir", help="second model for the ensemble")
+    ap.add_argument("--work", default=str(REPO / "output/accuracy/bench"))
+    ap.add_argument("--output", default=str(REPO / "benchmarks/results/accuracy.json"))
+    ap.add_argument("--methods", help="comma-separated subset of the model methods to run")
+    ap.add_argument("--force", action="store_true", help="recompute existing submissions")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from nucdet.data.register import register_all
+    from nucdet.evaluation.groundtruth import GtDataset
+    from nucdet.io.atomic import atomic_write_json
+
+    register_all()
+    work = Path(args.work).resolve()
+    first = Path(args.model_dir).resolve()
+    second = Path(args.second_model_dir).resolve() if args.second_model_dir else None
+    for d in filter(None, (first, second)):
+        if not (d / "model_final.pth").is_file():
+            raise FileNotFoundError(f"{d}: no model_final.pth (is the training finished?)")
+
+    gt = GtDataset.from_dataset_dicts(
+        DatasetCatalog.get(args.dataset),
+        list(MetadataCatalog.get(args.dataset).get("thing_classes", ["nucleus"])),
+        source=args.dataset,
+    )
+    _, groups = gt.groups("modality")
+    n_per = {m: sum(1 for g in groups.values() if g == m) for m in MODALITIES}
+
+    out: dict[str, Any] = {
+        "dataset": args.dataset,
+        "n_images": len(gt),
+        "n_per_modality": n_per,
+        "models": [str(first), str(second) if second else None],
+        "machine": {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()},
+        "commands": {},
+        "seconds": {},
+        "results": {},
+    }
+    t0 = time.perf_counter()
+    base = score_dataset(args.dataset)
+    out["seconds"]["watershed"] = round(time.perf_counter() - t0, 1)
+    out["commands"]["watershed"] = f"benchmarks/baseline_watershed.py --dataset {args.dataset}"
+    out["results"]["watershed"] = {
+        k: base[k] for k in ("MaP-IoU", "per_modality", "per_image") if k in base
+    }
+
+    cmds = method_commands(args.dataset, work, first, second)
+    wanted = args.methods.split(",") if args.methods else list(cmds)
+    for name in wanted:
+        if name not in cmds:
+            raise KeyError(f"--methods: unknown method {name!r}; known: {list(cmds)}")
+        cmd = cmds[name]
+        sub = Path(cmd[cmd.index("--output") + 1]) / SUBMISSION
+        out["commands"][name] = " ".join(cmd)
+        if args.force or not sub.is_file():
+            logger.info("%s: %s", name, " ".join(cmd))
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=REPO)
+            out["seconds"][name] = round(time.perf_counter() - t, 1)
+        else:
+            logger.info("%s: reusing %s", name, sub)
+        out["results"][name] = score_submission(sub, gt, groups)
+    out["machine"]["load_at_end"] = os.getloadavg()
+    md = table(out["results"], n_per)
+    out["table"] = md
+    print(md)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.output, out, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()

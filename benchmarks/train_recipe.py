@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""The ONE command that trains and evaluates the DSB2018 CPU accuracy recipe.
+
+    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=2 \
+        .venv/bin/python benchmarks/train_recipe.py [--output DIR] [--minutes 60] [KEY VALUE ...]
+
+Steps (each logged with its wall time into ``DIR/recipe_run.json``):
+
+1. writes a stratified subset of ``dsb2018_fold0_val`` (``--subset`` images: every
+   brightfield image, then stained and fluorescence images in a fixed order) as COCO JSON
+   and registers it as ``dsb2018_fold0_valsub`` for the periodic evaluation during training:
+   evaluating all 110 validation images costs minutes of the 60-minute budget each time;
+2. runs ``train_net.py`` with ``configs/dsb2018/mask_rcnn_R_18_FPN_lite_scratch_60min.yaml``
+   (extra ``KEY VALUE`` overrides are passed on), in the foreground, timed;
+3. plots the curves (``python -m nucdet.tools.curves``) into ``DIR/curves`` and
+   ``DIR/recipe_curve.png``: the subset MaP-IoU (overall and per modality) over iterations,
+   each point labelled with the wall-clock minutes since training started (read from
+   ``log.txt``), with the watershed baseline's score on the same subset as a dashed line;
+4. scores the final model on the FULL ``dsb2018_fold0_val`` with ``infer.py``.
+
+``--plot-only DIR`` redraws ``recipe_curve.png`` of a (running or finished) training
+directory and exits.
+
+The training length is ``SOLVER.MAX_ITER`` of the config (picked from the measured
+seconds per iteration so that the run, evaluations included, ends inside ``--minutes``);
+``--minutes`` is only checked and reported, never used to cut a run short (a cut run would
+miss the end of its LR schedule and its last evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs/dsb2018/mask_rcnn_R_18_FPN_lite_scratch_60min.yaml"
+SUBSET_NAME = "dsb2018_fold0_valsub"
+MODALITY_ORDER = ("brightfield", "stained", "fluorescence")
+
+logger = logging.getLogger("train_recipe")
+
+
+def stratified_subset(images: list[dict], size: int) -> list[dict]:
+    """``size`` images: all of the rarest modalities first, then fill with the others.
+
+    Within a modality the order is the image id (the folder hash): fixed and unrelated to
+    content. Each modality keeps at least a share proportional to its count when it has
+    to be cut, so the subset's mix is never all-fluorescence.
+    """
+    by_mod: dict[str, list[dict]] = {}
+    for im in sorted(images, key=lambda im: im["file_name"]):
+        by_mod.setdefault(im.get("modality", ""), []).append(im)
+    total = sum(len(v) for v in by_mod.values())
+    if size >= total:
+        return [im for v in by_mod.values() for im in v]
+    quota = {m: max(1, round(size * len(v) / total)) for m, v in by_mod.items()}
+    # rare modalities keep up to a quarter of the subset each (a handful of images)
+    for m in by_mod:
+        quota[m] = min(len(by_mod[m]), max(quota[m], size // 4))
+    order = sorted(by_mod, key=lambda m: len(by_mod[m]))
+    chosen: list[dict] = []
+    for m in order[:-1]:
+        chosen += by_mod[m][: quota[m]]
+    chosen += by_mod[order[-1]][: size - len(chosen)]
+    return chosen
+
+
+def write_subset(src_json: Path, out_json: Path, size: int) -> dict[str, int]:
+    """Write the COCO subset of ``src_json`` and return its modality counts."""
+    from nucdet.io.atomic import atomic_write_json
+
+    coco = json.loads(src_json.read_text())
+    keep = stratified_subset(coco["images"], size)
+    ids = {im["id"] for im in keep}
+    sub = dict(coco)
+    sub["images"] = keep
+    sub["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_json, sub)
+    counts: dict[str, int] = {}
+    for im in keep:
+        counts[im.get("modality", "")] = counts.get(im.get("modality", ""), 0) + 1
+    return counts
+
+
+def fold_json(name: str) -> tuple[Path, Path]:
+    """(COCO JSON, image root) of a predefined dataset, building its cache if needed."""
+    from detectron2.data import DatasetCatalog
+
+    from nucdet.data.register import cache_dir, datasets_root, register_all
+
+    register_all()
+    DatasetCatalog.get(name)  # builds the cache on first use
+    cached = sorted(cache_dir().glob(f"{name}-*.json"), key=lambda p: p.stat().st_mtime)
+    if not cached:
+        raise FileNotFoundError(f"{name}: no cached COCO JSON under {cache_dir()}")
+    return cached[-1], datasets_root() / "dsb2018" / "stage1_train"
+
+
+LOG_TIME = re.compile(r"^\[(\d\d/\d\d \d\d:\d\d:\d\d)\]?\S*")
+EVAL_LINE = re.compile(r"segm: MaP-IoU=")
+
+
+def eval_minutes(log_txt: Path) -> list[float]:
+    """Minutes from "Starting training" to each logged segm evaluation, in log order."""
+    start, out = None, []
+    for line in log_txt.read_text(errors="replace").splitlines():
+        m = LOG_TIME.match(line)
+        if not m:
+            continue
+        t = datetime.strptime(m.group(1), "%m/%d %H:%M:%S")
+        if "Starting training from iteration" in line:
+            start, out = t, []
+        elif start is not None and EVAL_LINE.search(line):
+            out.append((t - start).total_seconds() / 60)
+    return out
+
+
+def plot_recipe_curve(train_dir: Path, png: Path, baseline: float | None = None) -> list[dict]:
+    """Subset MaP-IoU over iterations (module docstring, step 3); returns the points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nucdet.io.atomic import atomic_open
+    from nucdet.tools.curves import series
+    from nucdet.tools.report import read_metrics_json
+
+    rows = read_metrics_json(train_dir / "metrics.json")
+    its, vals = series(rows, "segm/MaP-IoU")
+    minutes = eval_minutes(train_dir / "log.txt")[-len(its) :] if its else []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(its, vals, "o-", color="k", lw=2, label="overall")
+    for mod, colour in zip(MODALITY_ORDER[::-1], ("tab:green", "tab:purple", "tab:orange")):
+        mi, mv = series(rows, f"segm/MaP-IoU-{mod}")
+        if mi:
+            ax.plot(mi, mv, ".--", color=colour, lw=1, label=mod)
+    for i, v, m in zip(its, vals, minutes):
+        ax.annotate(f"{m:.0f} min", (i, v), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=8)  # fmt: skip
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls=":", label=f"watershed (same images) {baseline:.3f}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("Kaggle MaP-IoU")
+    ax.set_ylim(0, max([0.5, *vals]) * 1.1)
+    ax.set_title(f"{train_dir.parent.name}: MaP-IoU on the periodic-eval subset")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    with atomic_open(png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return [
+        {"iteration": i, "MaP-IoU": v, "minutes": m}
+        for i, v, m in zip(its, vals, minutes + [None] * (len(its) - len(minutes)))
+    ]
+
+
+def subset_baseline(sub_json: Path, image_root: Path) -> float:
+    """Watershed MaP-IoU on the periodic-eval subset (the curve's reference line)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from baseline_watershed import score_dataset
+
+    from nucdet.data.register import register_coco
+
+    register_coco(SUBSET_NAME, sub_json, image_root)
+    return float(score_dataset(SUBSET_NAME)["MaP-IoU"])
+
+
+def run(cmd: list[str], log: dict, key: str) -> None:
+    logger.info("running: %s", " ".join(cmd))
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    log[key] = {"command": " ".join(cmd), "seconds": round(time.time() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config-file", default=str(CONFIG))
+    ap.add_argument("--output", default=str(REPO / "output/accuracy/recipe"))
+    ap.add_argument("--subset", type=int, default=20, help="images in the periodic-eval subset")
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (checked)")
+    ap.add_argument("--skip-final", action="store_true", help="no full-fold scoring at the end")
+    ap.add_argument("--plot-only", help="training OUTPUT_DIR: redraw its recipe_curve.png only")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="train_net overrides: KEY VALUE ...")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not os.environ.get("NUCDET_DATASETS"):
+        raise RuntimeError(
+            "set NUCDET_DATASETS to the folder holding dsb2018/ (e.g. ../shared/data)"
+        )
+
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        train_dir = Path(args.plot_only).resolve()
+        sub_json = train_dir.parent / f"{SUBSET_NAME}.json"
+        base = subset_baseline(sub_json, fold_json("dsb2018_fold0_val")[1])
+        points = plot_recipe_curve(train_dir, out / "recipe_curve.png", base)
+        logger.info("subset baseline %.4f, curve %s", base, points)
+        return {"curve": points, "subset_baseline": base}
+    log: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg()}
+    val_json, image_root = fold_json("dsb2018_fold0_val")
+    sub_json = out / f"{SUBSET_NAME}.json"
+    log["subset"] = write_subset(val_json, sub_json, args.subset)
+    logger.info("periodic-eval subset %s: %s", sub_json, log["subset"])
+
+    py = sys.executable
+    train_dir = out / "train"
+    run(
+        [
+            py, "train_net.py", "--config-file", args.config_file,
+            "DATASETS.REGISTER", repr([[SUBSET_NAME, str(sub_json), str(image_root)]]),
+            "DATASETS.TEST", f"('{SUBSET_NAME}',)",
+            "OUTPUT_DIR", str(train_dir), *args.opts,
+        ],
+        log,
+        "train",
+    )  # fmt: skip
+    log["load_after_train"] = os.getloadavg()
+    minutes = log["train"]["seconds"] / 60
+    log["train"]["within_budget"] = minutes <= args.minutes
+    if minutes > args.minutes:
+        logger.warning("training took %.1f min, over the %.0f-minute budget", minutes, args.minutes)
+    run([py, "-m", "nucdet.tools.curves", str(train_dir), "--output", str(out / "curves")],
+        log, "curves")  # fmt: skip
+    log["subset_baseline"] = subset_baseline(sub_json, image_root)
+    log["curve"] = plot_recipe_curve(train_dir, out / "recipe_curve.png", log["subset_baseline"])
+    if not args.skip_final:
+        run(
+            [py, "infer.py", "--model-dir", str(train_dir), "--weights",
+             str(train_dir / "model_final.pth"), "--dataset", "dsb2018_fold0_val",
+             "--output", str(out / "final_val"), "--format", "dsb", "--overlays", "4"],
+            log,
+            "final_eval",
+        )  # fmt: skip
+        metrics = json.loads((out / "final_val" / "metrics.json").read_text())
+        log["final_val"] = {k: v for k, v in metrics.items() if k != "per_image"}
+    from nucdet.io.atomic import atomic_write_json
+
+    atomic_write_json(out / "recipe_run.json", log)
+    logger.info("done: %s", json.dumps(log, default=str)[:2000])
+    return log
+
+
+if __name__ == "__main__":
+    main()
