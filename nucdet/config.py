@@ -67,4 +67,5 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.POSTPROCESS.MAJORITY_CLASS = False  # relabel all instances with the image's majority
     _C.POSTPROCESS.FILL_HOLES = False  # fill holes inside each mask
     _C.POSTPROCESS.MIN_FRAGMENT = 0  # drop connected pieces smaller than this (0 = keep all)
+    _C.POSTPROCESS.SKIP_MASKS_BELOW_THRESH = True  # no mask head below min(SCORE_THRESH): faster
     return cfg
