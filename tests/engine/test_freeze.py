@@ -56,3 +56,31 @@ def test_frozen_weights_do_not_move_in_training(tmp_path, registered):
     assert {n for n in moved if n.startswith("roi_heads.box_predictor")} == {
         n for n in before if n.startswith("roi_heads.box_predictor")
     }
+
+
+def test_optimizer_schedule_and_clipping_from_config():
+    """Warmup, steps and gradient clipping come from SOLVER.* through detectron2."""
+    cfg = tiny_cfg(
+        "SOLVER.CLIP_GRADIENTS.ENABLED", "True",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "1e-6",
+        "SOLVER.WEIGHT_DECAY", "0.0",  # decay is added after clipping: keep it out
+        "SOLVER.BASE_LR", "0.1",
+        "SOLVER.WARMUP_ITERS", "2",
+        "SOLVER.STEPS", "(3,)",
+        "SOLVER.MAX_ITER", "5",
+    )  # fmt: skip
+    model = torch.nn.Linear(3, 1)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(5):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.zero_grad()
+        (model(torch.full((1, 3), 1e3)) ** 2).sum().backward()  # a huge gradient
+        before = model.weight.detach().clone()
+        optimizer.step()
+        # clipped to norm 1e-6: with momentum 0.9 the step stays below 10 * lr * 1e-6
+        assert (model.weight - before).norm() < 10 * lrs[-1] * 1e-6 + 1e-12
+        scheduler.step()
+    w = cfg.SOLVER.WARMUP_FACTOR
+    assert lrs == pytest.approx([0.1 * w, 0.1 * (w + (1 - w) / 2), 0.1, 0.01, 0.01])
