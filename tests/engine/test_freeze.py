@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_cfg
+from single_thread import one_torch_thread
 
 from nucdet.engine.freeze import freeze_parameters
 from nucdet.engine.trainer import Trainer
@@ -49,7 +50,8 @@ def test_frozen_weights_do_not_move_in_training(tmp_path, registered):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    trainer.train()
+    with one_torch_thread():
+        trainer.train()
     after = dict(trainer.model.named_parameters())
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert not any(n.startswith("backbone.bottom_up.") for n in moved)

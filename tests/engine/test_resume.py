@@ -44,7 +44,7 @@ def train_net(out: Path, resume: bool = False) -> subprocess.Popen:
         "DATASETS.TEST", "()",
         "OUTPUT_DIR", str(out),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 threads on a busy 2-core box: 3-4x slower
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

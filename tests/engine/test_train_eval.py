@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import SAMPLE_ROOT, tiny_cfg
 from detectron2.engine import hooks
+from single_thread import one_torch_thread
 
 from nucdet.data.dsb import dsb_to_coco
 from nucdet.data.register import register_all
@@ -61,7 +62,8 @@ def run(tmp_path_factory):
 
     # after the trainer's hooks, so it sees this step's best-checkpoint decision
     trainer.register_hooks([hooks.CallbackHook(after_step=record, after_train=record)])
-    results = trainer.train()
+    with one_torch_thread():
+        results = trainer.train()
     return cfg, out, results, hashes
 
 
