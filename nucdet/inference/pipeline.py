@@ -159,7 +159,7 @@ def run_inference(
     if dup:
         raise ValueError(f"image ids appear twice in the inputs: {sorted(dup)[:5]}")
     output_dir = Path(output_dir)
-    (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
     partial = output_dir / PARTIAL_NAME
     done = read_partial(partial)
     if done:
