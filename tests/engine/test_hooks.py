@@ -11,10 +11,16 @@ import weakref
 import pytest
 import torch
 from detectron2.engine import TrainerBase, hooks
+from detectron2.utils.events import JSONWriter
 from torch import nn
 
 from nucdet.engine.checkpoint import NucleiCheckpointer
-from nucdet.engine.hooks import ResumableBestCheckpointer, read_metrics, truncate_metrics
+from nucdet.engine.hooks import (
+    MetricsWriter,
+    ResumableBestCheckpointer,
+    read_metrics,
+    truncate_metrics,
+)
 
 
 def _write_lines(path, lines):
@@ -168,3 +174,52 @@ def test_best_state_ignored_when_metric_changes(tmp_path):
     t3 = _ScriptedTrainer(tmp_path, [0.5, None, 0.5], "segm/MaP-IoU", "max")
     t3.checkpointer.resume_or_load("", resume=True)
     assert t3._hooks[1].best_metric == 0.5
+
+
+class _LoggingTrainer(TrainerBase):
+    """A real TrainerBase logging one scalar per step through MetricsWriter/JSONWriter."""
+
+    def __init__(self, out_dir, run, period=1, flush_period=0):
+        super().__init__()
+        self.run = run
+        metrics = out_dir / "metrics.json"
+        self.register_hooks(
+            [
+                MetricsWriter(
+                    lambda start: [JSONWriter(str(metrics))],
+                    period=period,
+                    flush_period=flush_period,
+                    metrics_file=metrics,
+                )
+            ]
+        )
+
+    def run_step(self):
+        self.storage.put_scalar("run", float(self.run), smoothing_hint=False)
+
+
+def _runs_by_iteration(path):
+    return [(r["iteration"], r["run"]) for r in read_metrics(path)]
+
+
+def test_metrics_writer_resume_and_fresh_start(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    _LoggingTrainer(tmp_path, run=1).train(0, 4)
+    assert _runs_by_iteration(metrics) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    # resumed at 2 (its checkpoint was after iteration 1): 2 and 3 are redone, not duplicated
+    _LoggingTrainer(tmp_path, run=2).train(2, 5)
+    assert _runs_by_iteration(metrics) == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 2)]
+    # a new run in the same folder keeps the old history aside instead of appending to it
+    _LoggingTrainer(tmp_path, run=3).train(0, 2)
+    assert _runs_by_iteration(metrics) == [(0, 3), (1, 3)]
+    assert len(read_metrics(tmp_path / "metrics.prev.json")) == 5
+
+
+def test_metrics_writer_writes_at_checkpoints(tmp_path):
+    # LOG_PERIOD 10 would write only at the end; checkpoints every 2 iterations force writes
+    # after iterations 1 and 3, so a checkpoint never holds iterations missing on disk
+    _LoggingTrainer(tmp_path, run=1, period=10, flush_period=2).train(0, 5)
+    assert [it for it, _ in _runs_by_iteration(tmp_path / "metrics.json")] == [1, 3, 4]
+    (tmp_path / "b").mkdir()
+    _LoggingTrainer(tmp_path / "b", run=1, period=10, flush_period=0).train(0, 5)
+    assert [it for it, _ in _runs_by_iteration(tmp_path / "b" / "metrics.json")] == [4]

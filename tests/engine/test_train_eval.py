@@ -82,6 +82,7 @@ def test_eval_metrics_in_metrics_json(run):
     per_image = (out / "inference" / "engine_val2" / "per_image_metrics.csv").read_text()
     assert len(per_image.strip().splitlines()) == 1 + 2  # header + the two images
     assert [r["iteration"] for r in recs if "total_loss" in r] == list(range(MAX_ITER))
+    assert list(out.glob("events.out.tfevents.*"))  # TensorBoard
 
 
 def test_best_checkpoint_follows_the_metric(run):
