@@ -122,6 +122,8 @@ def predictor(weights):
     def get(extra: tuple[str, ...] = (), floor: float | None = None) -> Predictor:
         if extra not in cache:
             cache[extra] = Predictor(_cfg(weights, *extra))
+            # Several mask-head calls per image, the last one ragged.
+            cache[extra].mask_batch = 64
         p = cache[extra]
         p.mask_score_floor = mask_score_floor_from_cfg(p.cfg) if floor is None else floor
         return p
