@@ -17,7 +17,11 @@ def build_cfg(config_file: str | os.PathLike | None, opts: Sequence[str] = ()) -
 
     The result is not frozen, so callers can still adjust it. A CUDA device on a machine
     without one falls back to the CPU (logged), so one config serves both.
+    ``INPUT.NORMALIZATION`` is resolved into ``MODEL.PIXEL_MEAN/STD`` here, so training and
+    every inference entry point normalise the same way.
     """
+    from nucdet.data.mapper import apply_normalization
+
     cfg = get_cfg()
     add_nucdet_config(cfg)
     if config_file:
@@ -33,4 +37,4 @@ def build_cfg(config_file: str | os.PathLike | None, opts: Sequence[str] = ()) -
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).info("no CUDA device: MODEL.DEVICE cpu")
         cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    return apply_normalization(cfg)

@@ -48,7 +48,8 @@ def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
 
     - ``SOLVER.AMP.ENABLED`` is switched off when ``MODEL.DEVICE`` is not CUDA (detectron2's
       AMPTrainer needs CUDA), with a log line;
-    - ``INPUT.NORMALIZATION`` is turned into ``MODEL.PIXEL_MEAN/STD``.
+    - ``INPUT.NORMALIZATION`` is turned into ``MODEL.PIXEL_MEAN/STD`` (again: ``build_cfg``
+      already does it; a config built otherwise gets it here).
 
     Returns ``cfg`` itself when nothing changes, else a modified clone (frozen if ``cfg``
     was), so the caller's config is never changed behind its back.
