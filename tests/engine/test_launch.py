@@ -54,7 +54,18 @@ def test_amp_off_on_cpu(caplog):
 
 
 def test_normalization_resolved():
+    # build_cfg (behind tiny_cfg) resolves it for every entry point ...
     cfg = tiny_cfg("INPUT.NORMALIZATION", "imagenet")
-    out = prepare_training_cfg(cfg)
-    assert list(out.MODEL.PIXEL_MEAN) != list(cfg.MODEL.PIXEL_MEAN)
-    assert list(out.MODEL.PIXEL_MEAN) == pytest.approx([103.53, 116.28, 123.675])
+    assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx([103.53, 116.28, 123.675])
+    assert list(cfg.MODEL.PIXEL_STD) == pytest.approx([57.375, 57.12, 58.395])
+    # ... and prepare_training_cfg does for a config built otherwise.
+    from detectron2.config import get_cfg
+
+    from nucdet.config import add_nucdet_config
+
+    raw = add_nucdet_config(get_cfg())
+    raw.INPUT.NORMALIZATION = "imagenet"
+    out = prepare_training_cfg(raw)
+    # detectron2's default mean is ImageNet's already; its default std is 1.
+    assert list(raw.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
+    assert list(out.MODEL.PIXEL_STD) == pytest.approx([57.375, 57.12, 58.395])
