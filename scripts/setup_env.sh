@@ -14,17 +14,26 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then
   echo "nucdet: $VENV uses $("$PY" --version); Python 3.10 is required. Remove $VENV and re-run." >&2
   exit 1
 fi
-PIP=("$PY" -m pip install --progress-bar off --disable-pip-version-check)
+# pip here warns about every missing local index folder; keep its real messages only.
+pip_install() {
+  local rc
+  set +o pipefail
+  "$PY" -m pip install --progress-bar off --disable-pip-version-check "$@" 2>&1 |
+    { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  rc=${PIPESTATUS[0]}
+  set -o pipefail
+  return "$rc"
+}
 echo "nucdet: installing torch/torchvision (first time: ~2.5 GB download, cached afterwards)"
-"${PIP[@]}" -q -r requirements-torch.txt
+pip_install -q -r requirements-torch.txt
 if [ "$DETECTRON2" = "none" ]; then
   echo "nucdet: DETECTRON2=none: using the detectron2 already installed in $VENV"
 else
   echo "nucdet: installing detectron2 from '$DETECTRON2'"
-  "${PIP[@]}" -q "$DETECTRON2" -c requirements-torch.txt
+  pip_install -q "$DETECTRON2" -c requirements-torch.txt
 fi
-"${PIP[@]}" -q -r requirements.txt -r requirements-dev.txt -c requirements-torch.txt
-"${PIP[@]}" -q --no-deps -e .
+pip_install -q -r requirements.txt -r requirements-dev.txt -c requirements-torch.txt
+pip_install -q --no-deps -e .
 "$PY" - <<'PY'
 import torch, detectron2
 from detectron2 import _C  # noqa: F401  (fails here if the compiled ops do not match torch)
