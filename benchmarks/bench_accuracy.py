@@ -25,6 +25,13 @@ records the command and its wall time, reads every submission back with
 ``nucdet.evaluation.mapiou.map_iou_dataset`` (groups = modality). Post-processing is the
 models' ``POSTPROCESS.*`` (score >= 0.5, overlaps removed by score) for every method.
 Prints a Markdown table (MaP-IoU and the ratio to the baseline) and writes the JSON.
+
+``--sweep-train N`` instead picks the test-time settings of a model WITHOUT looking at the
+validation fold: on N images of the training fold (``dsb2018_fold0_train``, stratified by
+modality), every combination of box NMS threshold (``MODEL.ROI_HEADS.NMS_THRESH_TEST``),
+mask threshold (``POSTPROCESS.MASK_THRESH``) and score threshold
+(``POSTPROCESS.SCORE_THRESH``) is scored with the same post-processing (overlaps removed
+by score), one model pass per NMS value; the table goes to stdout and ``--output``.
 """
 
 from __future__ import annotations
@@ -120,6 +127,60 @@ def score_submission(path: Path, gt: Any, groups: dict[str, str]) -> dict[str, A
     }
 
 
+def sweep_settings(
+    model_dir: Path,
+    dataset: str,
+    n_images: int,
+    nms: list[float],
+    mask_thresh: list[float],
+    score_thresh: list[float],
+) -> list[dict[str, Any]]:
+    """MaP-IoU of every (nms, mask_thresh, score_thresh) on ``n_images`` of ``dataset``
+    (see the module docstring); rows sorted best first."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+    from tqdm import tqdm
+    from train_recipe import stratified_subset
+
+    from nucdet.data.imageio import read_image
+    from nucdet.engine.defaults import build_cfg
+    from nucdet.evaluation.groundtruth import GtDataset
+    from nucdet.evaluation.mapiou import map_iou_image
+    from nucdet.inference.masks import raw_to_prediction
+    from nucdet.inference.postprocess import postprocess
+    from nucdet.inference.predictor import Predictor
+
+    dicts = DatasetCatalog.get(dataset)
+    keep = {d["file_name"] for d in stratified_subset(dicts, n_images)}
+    gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
+    _, groups = gt.groups("modality")
+    scores: dict[tuple, dict[str, float]] = {}
+    for t_nms in nms:
+        cfg = build_cfg(
+            str(model_dir / "config.yaml"),
+            ["MODEL.WEIGHTS", str(model_dir / "model_final.pth"),
+             "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(t_nms)],
+        )  # fmt: skip
+        predictor = Predictor(cfg)
+        for im in tqdm(gt.images, desc=f"sweep nms {t_nms}"):
+            raw = predictor.raw(read_image(im.file_name))
+            for mt in mask_thresh:
+                pred = raw_to_prediction(raw, im.image_id, mt)
+                for st in score_thresh:
+                    kept = postprocess(pred, score_thresh=[st], remove_overlap=True)
+                    key = (t_nms, mt, st)
+                    scores.setdefault(key, {})[im.image_id] = map_iou_image(im.instances(), kept)
+    rows = []
+    for (t_nms, mt, st), per in scores.items():
+        row = {"nms": t_nms, "mask_thresh": mt, "score_thresh": st}
+        row["MaP-IoU"] = float(np.mean(list(per.values())))
+        for m in MODALITIES:
+            v = [x for i, x in per.items() if groups.get(i) == m]
+            row[m] = float(np.mean(v)) if v else float("nan")
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["MaP-IoU"])
+
+
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
     base = results["watershed"]
     head = ["method", "overall", *(f"{m} ({n_per.get(m, 0)})" for m in MODALITIES), "vs watershed"]
@@ -141,8 +202,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--output", default=str(REPO / "benchmarks/results/accuracy.json"))
     ap.add_argument("--methods", help="comma-separated subset of the model methods to run")
     ap.add_argument("--force", action="store_true", help="recompute existing submissions")
+    ap.add_argument("--sweep-train", type=int, help="N: sweep test settings on N train images")
+    ap.add_argument("--sweep-dataset", default="dsb2018_fold0_train")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.sweep_train:
+        from nucdet.data.register import register_all
+        from nucdet.io.atomic import atomic_write_json
+
+        register_all()
+        t0 = time.perf_counter()
+        rows = sweep_settings(
+            Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_train,
+            nms=[0.5, 0.3], mask_thresh=[0.5, 0.4, 0.3], score_thresh=[0.4, 0.5, 0.6, 0.7],
+        )  # fmt: skip
+        for r in rows:
+            print(" ".join(f"{k}={v:.3f}" for k, v in r.items()))
+        out = {"model": args.model_dir, "dataset": args.sweep_dataset, "n_images": args.sweep_train,
+               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}  # fmt: skip
+        atomic_write_json(args.output, out, indent=1)
+        return out
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
 

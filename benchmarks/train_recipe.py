@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """The ONE command that trains and evaluates the DSB2018 CPU accuracy recipe.
 
-    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=2 \
+    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=1 \
         .venv/bin/python benchmarks/train_recipe.py [--output DIR] [--minutes 60] [KEY VALUE ...]
+
+One thread when other jobs share the 2 cores: two OpenMP threads wait on each other when
+the cores are oversubscribed (measured here: under 20 iterations in 5 minutes with 2
+threads at load 10, 2.5-6 s/iteration with 1 thread at load 5-9). On a free machine use 2.
 
 Steps (each logged with its wall time into ``DIR/recipe_run.json``):
 
@@ -18,6 +22,8 @@ Steps (each logged with its wall time into ``DIR/recipe_run.json``):
    ``log.txt``), with the watershed baseline's score on the same subset as a dashed line;
 4. scores the final model on the FULL ``dsb2018_fold0_val`` with ``infer.py``.
 
+``--resume`` continues an interrupted training in ``--output`` (train_net's ``--resume``;
+overrides such as a new ``SOLVER.MAX_ITER`` apply from the resumed iteration on).
 ``--plot-only DIR`` redraws ``recipe_curve.png`` of a (running or finished) training
 directory and exits.
 
@@ -110,22 +116,29 @@ EVAL_LINE = re.compile(r"segm: MaP-IoU=")
 
 
 def eval_minutes(log_txt: Path) -> list[float]:
-    """Minutes from "Starting training" to each logged segm evaluation, in log order."""
+    """Wall-clock minutes from the first "Starting training from iteration 0" to each
+    logged segm evaluation, in log order (a ``--resume`` keeps counting, its restart gap
+    included)."""
     start, out = None, []
     for line in log_txt.read_text(errors="replace").splitlines():
         m = LOG_TIME.match(line)
         if not m:
             continue
         t = datetime.strptime(m.group(1), "%m/%d %H:%M:%S")
-        if "Starting training from iteration" in line:
+        if "Starting training from iteration 0" in line:
             start, out = t, []
         elif start is not None and EVAL_LINE.search(line):
             out.append((t - start).total_seconds() / 60)
     return out
 
 
-def plot_recipe_curve(train_dir: Path, png: Path, baseline: float | None = None) -> list[dict]:
-    """Subset MaP-IoU over iterations (module docstring, step 3); returns the points."""
+def plot_recipe_curve(
+    train_dir: Path, png: Path, baseline: dict[str, float] | None = None
+) -> list[dict]:
+    """Subset MaP-IoU over iterations (module docstring, step 3); returns the points.
+
+    ``baseline``: the watershed's ``{"overall": x, <modality>: y, ...}`` on the same images,
+    drawn as dotted lines in the colour of each curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,20 +152,28 @@ def plot_recipe_curve(train_dir: Path, png: Path, baseline: float | None = None)
     its, vals = series(rows, "segm/MaP-IoU")
     minutes = eval_minutes(train_dir / "log.txt")[-len(its) :] if its else []
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    baseline = baseline or {}
     ax.plot(its, vals, "o-", color="k", lw=2, label="overall")
+    if "overall" in baseline:
+        ax.axhline(baseline["overall"], color="k", ls=":", lw=1.5,
+                   label=f"watershed, same images: {baseline['overall']:.3f}")  # fmt: skip
     for mod, colour in zip(MODALITY_ORDER[::-1], ("tab:green", "tab:purple", "tab:orange")):
         mi, mv = series(rows, f"segm/MaP-IoU-{mod}")
         if mi:
             ax.plot(mi, mv, ".--", color=colour, lw=1, label=mod)
+        if mod in baseline:
+            ax.axhline(baseline[mod], color=colour, ls=":", lw=1)
     for i, v, m in zip(its, vals, minutes):
         ax.annotate(f"{m:.0f} min", (i, v), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=8)  # fmt: skip
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", ls=":", label=f"watershed (same images) {baseline:.3f}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("Kaggle MaP-IoU")
     ax.set_ylim(0, max([0.5, *vals]) * 1.1)
-    ax.set_title(f"{train_dir.parent.name}: MaP-IoU on the periodic-eval subset")
+    ax.set_title(
+        f"{train_dir.parent.name}: MaP-IoU on the periodic-eval subset "
+        "(dotted: watershed, same colour = same images)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -165,15 +186,17 @@ def plot_recipe_curve(train_dir: Path, png: Path, baseline: float | None = None)
     ]
 
 
-def subset_baseline(sub_json: Path, image_root: Path) -> float:
-    """Watershed MaP-IoU on the periodic-eval subset (the curve's reference line)."""
+def subset_baseline(sub_json: Path, image_root: Path) -> dict[str, float]:
+    """Watershed MaP-IoU on the periodic-eval subset, overall and per modality (the
+    curve's reference lines)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from baseline_watershed import score_dataset
 
     from nucdet.data.register import register_coco
 
     register_coco(SUBSET_NAME, sub_json, image_root)
-    return float(score_dataset(SUBSET_NAME)["MaP-IoU"])
+    res = score_dataset(SUBSET_NAME)
+    return {"overall": float(res["MaP-IoU"]), **res["per_modality"]}
 
 
 def run(cmd: list[str], log: dict, key: str) -> None:
@@ -190,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--subset", type=int, default=20, help="images in the periodic-eval subset")
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (checked)")
     ap.add_argument("--skip-final", action="store_true", help="no full-fold scoring at the end")
+    ap.add_argument("--resume", action="store_true", help="continue the training in --output")
     ap.add_argument("--plot-only", help="training OUTPUT_DIR: redraw its recipe_curve.png only")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="train_net overrides: KEY VALUE ...")
     args = ap.parse_args(argv)
@@ -206,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         sub_json = train_dir.parent / f"{SUBSET_NAME}.json"
         base = subset_baseline(sub_json, fold_json("dsb2018_fold0_val")[1])
         points = plot_recipe_curve(train_dir, out / "recipe_curve.png", base)
-        logger.info("subset baseline %.4f, curve %s", base, points)
+        logger.info("subset baseline %s, curve %s", base, points)
         return {"curve": points, "subset_baseline": base}
     log: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_before": os.getloadavg()}
     val_json, image_root = fold_json("dsb2018_fold0_val")
@@ -219,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     run(
         [
             py, "train_net.py", "--config-file", args.config_file,
+            *(["--resume"] if args.resume else []),
             "DATASETS.REGISTER", repr([[SUBSET_NAME, str(sub_json), str(image_root)]]),
             "DATASETS.TEST", f"('{SUBSET_NAME}',)",
             "OUTPUT_DIR", str(train_dir), *args.opts,
