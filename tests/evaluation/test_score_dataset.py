@@ -40,27 +40,18 @@ def _write_gt_submission(path, dicts, empty_ids=()):
             w.add(pred)
 
 
+def _score(sub, out) -> dict:
+    argv = ["--submission", str(sub), "--format", "kaggle", "--dataset", "dsb2018_sample_val"]
+    assert main([*argv, "--output", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_score_registered_dataset(tmp_path, registered, capsys):
     dicts = DatasetCatalog.get("dsb2018_sample_val")
     sub = tmp_path / "perfect.csv"
     _write_gt_submission(sub, dicts)
     out = tmp_path / "m.json"
-    assert (
-        main(
-            [
-                "--submission",
-                str(sub),
-                "--format",
-                "kaggle",
-                "--dataset",
-                "dsb2018_sample_val",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    result = json.loads(out.read_text())
+    result = _score(sub, out)
     perfect = {r["image_id"]: r["map_iou"] for r in result["per_image"]}
     assert len(perfect) == len(dicts)
     # Only pixels contested by overlapping GT masks can differ from the GT.
@@ -68,22 +59,7 @@ def test_score_registered_dataset(tmp_path, registered, capsys):
     assert abs(result["results"]["segm"]["MaP-IoU"] - np.mean(list(perfect.values()))) < 1e-12
     first = dicts[0]["file_name"].rsplit("/", 1)[-1][:-4]
     _write_gt_submission(sub, dicts, empty_ids={first})
-    assert (
-        main(
-            [
-                "--submission",
-                str(sub),
-                "--format",
-                "kaggle",
-                "--dataset",
-                "dsb2018_sample_val",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    result = json.loads(out.read_text())
+    result = _score(sub, out)
     holed = {r["image_id"]: r["map_iou"] for r in result["per_image"]}
     assert holed[first] == 0.0
     expected = (sum(perfect.values()) - perfect[first]) / len(dicts)
