@@ -2,7 +2,9 @@
 
 ``Predictor`` runs a model exactly as detectron2's ``DefaultPredictor`` does (same resize,
 same input format, same layers in the same order) and gives the same boxes, scores,
-classes and masks to the pixel, several times faster on CPUs where it matters:
+classes and masks to the pixel, faster on CPU (``benchmarks/results/predictor.md``:
+1.2-1.5x with every mask computed, 2-4x at 1000 detections of which 25-10% pass the
+post-processing threshold) and in a third of the memory:
 
 - Masks are pasted into box-sized crops and encoded to RLE from there
   (``nucdet.inference.masks``): no (N, H, W) tensor, no per-box torch call. The numba
