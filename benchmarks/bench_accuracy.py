@@ -11,7 +11,10 @@ Methods (each model's ``model_final.pth``, i.e. the end of its schedule; ``model
 was picked on a subset of this same fold and would flatter it):
 
 - ``watershed``: ``benchmarks/baseline_watershed.py``, computed in this run;
-- ``recipe``: ``infer.py`` with the first model (identity view);
+- ``recipe@train-settings``: ``infer.py`` with the first model and the test settings it
+  was evaluated with during training (its ``config.yaml``);
+- ``recipe``: the same with the test-time overrides given after the flags (``KEY VALUE``,
+  chosen on TRAINING images with ``--sweep-train``); these go to every method below;
 - ``recipe+flipTTA``: ``ensemble_infer.py``, the first model on the identity, horizontal
   and vertical flip views, ``wbf_mask_vote`` fusion;
 - ``second``: ``infer.py`` with the second model alone (so the ensemble has a reference);
@@ -84,22 +87,25 @@ def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
 
 
 def method_commands(
-    dataset: str, work: Path, first: Path, second: Path | None
+    dataset: str, work: Path, first: Path, second: Path | None, opts: list[str]
 ) -> dict[str, list[str]]:
-    """Command producing each model method's submission (``<work>/<method>/``)."""
+    """Command producing each model method's submission (``<work>/<method>/``); ``opts``
+    (test-time ``KEY VALUE`` overrides) go to every command but ``recipe@train-settings``."""
     py = sys.executable
 
-    def single(model: Path, out: str) -> list[str]:
+    def single(model: Path, out: str, extra: list[str] = opts) -> list[str]:
         return [py, "infer.py", "--model-dir", str(model), "--weights",
                 str(model / "model_final.pth"), "--dataset", dataset, "--output",
-                str(work / out), "--format", "dsb", "--overlays", "0"]  # fmt: skip
+                str(work / out), "--format", "dsb", "--overlays", "0", *extra]  # fmt: skip
 
     def ensemble(models: list[Path], views: str, out: str) -> list[str]:
         spec = ensemble_yaml(work / f"{out}.yaml", models, views)
         return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
-                "--output", str(work / out), "--format", "dsb", "--overlays", "0"]  # fmt: skip
+                "--output", str(work / out), "--format", "dsb", "--overlays", "0",
+                *opts]  # fmt: skip
 
     cmds = {
+        "recipe@train-settings": single(first, "recipe_train_settings", []),
         "recipe": single(first, "recipe"),
         "recipe+flipTTA": ensemble([first], FLIP_VIEWS, "recipe_fliptta"),
     }
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--force", action="store_true", help="recompute existing submissions")
     ap.add_argument("--sweep-train", type=int, help="N: sweep test settings on N train images")
     ap.add_argument("--sweep-dataset", default="dsb2018_fold0_train")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="test-time KEY VALUE overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.sweep_train:
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         rows = sweep_settings(
             Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_train,
-            nms=[0.5, 0.3], mask_thresh=[0.5, 0.4, 0.3], score_thresh=[0.4, 0.5, 0.6, 0.7],
+            nms=[0.5, 0.3, 0.2], mask_thresh=[0.5, 0.4], score_thresh=[0.5, 0.6, 0.7, 0.8],
         )  # fmt: skip
         for r in rows:
             print(" ".join(f"{k}={v:.3f}" for k, v in r.items()))
@@ -263,7 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: base[k] for k in ("MaP-IoU", "per_modality", "per_image") if k in base
     }
 
-    cmds = method_commands(args.dataset, work, first, second)
+    cmds = method_commands(args.dataset, work, first, second, list(args.opts))
+    out["test_opts"] = list(args.opts)
     wanted = args.methods.split(",") if args.methods else list(cmds)
     for name in wanted:
         if name not in cmds:
