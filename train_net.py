@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from nucdet.data.register import register_all
 from nucdet.engine.checkpoint import NucleiCheckpointer
 from nucdet.engine.defaults import build_cfg
-from nucdet.engine.launch import argument_parser, launch
+from nucdet.engine.launch import argument_parser, launch_from_args
 from nucdet.engine.trainer import Trainer, prepare_training_cfg
 
 
@@ -53,13 +53,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=args.dist_backend,
-    )
+    launch_from_args(main, argument_parser().parse_args())

@@ -42,21 +42,19 @@ def registered():
     return True
 
 
+# tiny_cfg's test-sized overrides (cheap: ~1 s per iteration), as KEY VALUE options
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
+]  # fmt: skip
+# the same for train_net.py command lines, with a quarter of the tiny config's pixels
+TINY_CLI_OPTS = [*TINY_OPTS, "INPUT.CROP.SIZE", "[128, 128]"]
+
+
 def tiny_cfg(*opts: str):
     """The tiny CPU config with test-sized overrides (cheap: ~1 s per iteration)."""
     from nucdet.engine.defaults import build_cfg
 
-    return build_cfg(
-        TINY_CONFIG,
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "DATALOADER.NUM_WORKERS",
-            "0",
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-            "64",
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
-            "500",
-            *opts,
-        ],
-    )
+    return build_cfg(TINY_CONFIG, [*TINY_OPTS, *opts])

@@ -83,7 +83,21 @@ class Rot90Transform(T.Transform):
         return Rot90Transform(h, w, -self.k)
 
 
-class IntensityTransform(T.Transform):
+class PhotometricTransform(T.Transform):
+    """A transform of pixel values only: coordinates and masks pass unchanged, and there is
+    nothing to undo geometrically (the inverse is a no-op)."""
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def inverse(self) -> T.Transform:
+        return T.NoOpTransform()
+
+
+class IntensityTransform(PhotometricTransform):
     """Brightness (scale), contrast (around the mean grey) and saturation (around grey)."""
 
     def __init__(self, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0):
@@ -108,17 +122,8 @@ class IntensityTransform(T.Transform):
             out = (out - grey) * self.saturation + grey
         return _to_dtype(out, img)
 
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
 
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> T.Transform:
-        return T.NoOpTransform()
-
-
-class GaussianBlurTransform(T.Transform):
+class GaussianBlurTransform(PhotometricTransform):
     """Gaussian blur with standard deviation ``sigma`` pixels (OpenCV, reflected border)."""
 
     def __init__(self, sigma: float):
@@ -130,17 +135,8 @@ class GaussianBlurTransform(T.Transform):
             return img
         return cv2.GaussianBlur(img, (0, 0), self.sigma).reshape(img.shape)
 
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
 
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> T.Transform:
-        return T.NoOpTransform()
-
-
-class GaussianNoiseTransform(T.Transform):
+class GaussianNoiseTransform(PhotometricTransform):
     """Add N(0, std^2) noise; the noise field is fixed by ``seed`` (same seed, same noise)."""
 
     def __init__(self, std: float, seed: int):
@@ -153,15 +149,6 @@ class GaussianNoiseTransform(T.Transform):
         rng = np.random.default_rng(self.seed)
         noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(self.std)
         return _to_dtype(img.astype(np.float32) + noise, img)
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def inverse(self) -> T.Transform:
-        return T.NoOpTransform()
 
 
 def _check_range(name: str, lo_hi: Sequence[float], low: float = 0.0) -> tuple[float, float]:

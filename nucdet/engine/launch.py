@@ -109,6 +109,21 @@ def launch(
     )
 
 
+def launch_from_args(main_func: Callable[..., Any], args: argparse.Namespace) -> None:
+    """``launch(main_func, ...)`` with the process layout of ``argument_parser()``'s flags
+    (``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
+    ``--dist-backend``); ``main_func`` gets ``args``."""
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        backend=args.dist_backend,
+    )
+
+
 def _gloo_worker(
     local_rank: int,
     main_func: Callable[..., Any],

@@ -20,7 +20,7 @@ from detectron2.engine import hooks  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 import train_net  # noqa: E402
-from nucdet.engine.launch import argument_parser, launch  # noqa: E402
+from nucdet.engine.launch import argument_parser, launch_from_args  # noqa: E402
 from nucdet.engine.trainer import Trainer  # noqa: E402
 
 
@@ -43,13 +43,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        backend=args.dist_backend,
-    )
+    launch_from_args(main, argument_parser().parse_args())

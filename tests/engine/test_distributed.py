@@ -9,16 +9,9 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, TINY_CLI_OPTS, TINY_CONFIG
 
 HERE = Path(__file__).resolve().parent
-TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
-    "INPUT.CROP.SIZE", "[128, 128]",  # a quarter of the tiny config's pixels: faster steps
-]  # fmt: skip
 
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
@@ -27,7 +20,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         sys.executable, str(HERE / "dist_train.py"),
         "--num-gpus", "2", "--dist-backend", "gloo", "--dist-url", "auto",
         "--config-file", str(TINY_CONFIG),
-        *TINY_OPTS,
+        *TINY_CLI_OPTS,
         "SOLVER.IMS_PER_BATCH", "2",  # one image per rank
         "SOLVER.MAX_ITER", "3",
         "SOLVER.BASE_LR", "2.0",  # warmup starts at 0.001 x BASE_LR: make the steps visible

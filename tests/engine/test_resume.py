@@ -14,16 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, TINY_CLI_OPTS, TINY_CONFIG
 
-# tiny_cfg's test-sized overrides as command-line options, plus smaller crops
-TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
-    "INPUT.CROP.SIZE", "[128, 128]",  # a quarter of the tiny config's pixels: faster steps
-]  # fmt: skip
 MAX_ITER, WARMUP, STEP, GAMMA, BASE_LR, WARMUP_FACTOR = 4, 2, 3, 0.1, 0.02, 0.001
 
 
@@ -32,7 +24,7 @@ def train_net(out: Path, resume: bool = False) -> subprocess.Popen:
         sys.executable, str(REPO / "train_net.py"),
         "--config-file", str(TINY_CONFIG),
         *(["--resume"] if resume else []),
-        *TINY_OPTS,
+        *TINY_CLI_OPTS,
         "SOLVER.MAX_ITER", str(MAX_ITER),
         "SOLVER.CHECKPOINT_PERIOD", "2",
         "SOLVER.LOG_PERIOD", "1",
