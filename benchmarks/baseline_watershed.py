@@ -108,26 +108,39 @@ def to_grey(image_bgr: np.ndarray) -> np.ndarray:
     return np.asarray(image_bgr, np.float64).mean(axis=2)
 
 
-def score_dataset(dataset: str, **params: Any) -> dict[str, Any]:
-    """Baseline MaP-IoU on a registered dataset: overall, per modality and per image."""
+def _load(dataset: str, n_images: int | None = None):
+    """``(gt, groups, greys)`` of a registered dataset, or of a stratified subset of
+    ``n_images`` of it (``train_recipe.stratified_subset``: every rare modality first)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from nucdet.data.imageio import read_image
     from nucdet.data.register import register_all
     from nucdet.evaluation.groundtruth import GtDataset
-    from nucdet.evaluation.mapiou import map_iou_dataset
 
     register_all()
     dicts = DatasetCatalog.get(dataset)
+    if n_images:
+        from train_recipe import stratified_subset
+
+        dicts = stratified_subset(dicts, n_images)
     gt = GtDataset.from_dataset_dicts(
         dicts, list(MetadataCatalog.get(dataset).get("thing_classes", ["nucleus"])), source=dataset
     )
     _, groups = gt.groups("modality")
+    greys = {im.image_id: to_grey(read_image(im.file_name)) for im in gt.images}
+    return gt, groups, greys
+
+
+def score_dataset(dataset: str, **params: Any) -> dict[str, Any]:
+    """Baseline MaP-IoU on a registered dataset: overall, per modality and per image."""
+    from nucdet.evaluation.mapiou import map_iou_dataset
+
+    gt, groups, greys = _load(dataset)
     inverted: dict[str, bool] = {}
     pairs = []
     t0 = time.perf_counter()
     for im in tqdm(gt.images, desc=f"watershed {dataset}"):
-        grey = to_grey(read_image(im.file_name))
+        grey = greys[im.image_id]
         inverted[im.image_id] = foreground_mask(grey, params.get("sigma", 1.0))[1]
         pairs.append((im.image_id, im.instances(), watershed_instances(grey, **params)))
     seconds = time.perf_counter() - t0
@@ -147,6 +160,32 @@ def score_dataset(dataset: str, **params: Any) -> dict[str, Any]:
     }
 
 
+TUNE_GRID = {"sigma": (0.5, 1.0, 2.0), "min_size": (10, 30), "seed_spacing": (0.35, 0.5, 0.75)}
+
+
+def tune(dataset: str, n_images: int, grid: dict[str, tuple] = TUNE_GRID) -> list[dict[str, Any]]:
+    """MaP-IoU of every parameter combination of ``grid`` on ``n_images`` (stratified) of
+    ``dataset``, best first: the baseline's parameters are chosen on TRAINING images, as
+    the model's test settings are."""
+    import itertools
+
+    from nucdet.evaluation.mapiou import map_iou_dataset
+
+    gt, groups, greys = _load(dataset, n_images)
+    rows = []
+    combos = list(itertools.product(*grid.values()))
+    for values in tqdm(combos, desc=f"tune watershed on {len(gt)} images of {dataset}"):
+        params = dict(zip(grid, values))
+        pairs = [
+            (im.image_id, im.instances(), watershed_instances(greys[im.image_id], **params))
+            for im in gt.images
+        ]
+        res = map_iou_dataset(pairs, groups=groups)
+        per = {g: v["mean"] for g, v in res["groups"].items()}
+        rows.append({**params, "MaP-IoU": res["mean"], **per})
+    return sorted(rows, key=lambda r: -r["MaP-IoU"])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dataset", default="dsb2018_fold0_val")
@@ -154,8 +193,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--min-size", type=int, default=10)
     ap.add_argument("--seed-spacing", type=float, default=0.5)
+    ap.add_argument(
+        "--tune", type=int, metavar="N",
+        help="score the parameter grid on N stratified images of --dataset (use the training "
+        "fold) and print it best first, instead of scoring one setting",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.tune:
+        rows = tune(args.dataset, args.tune)
+        for r in rows:
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in r.items()))  # fmt: skip
+        if args.output:
+            from nucdet.io.atomic import atomic_write_json
+
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            tuning = {"dataset": args.dataset, "n_images": args.tune, "rows": rows}
+            atomic_write_json(Path(args.output) / "baseline_tuning.json", tuning)
+        return {"rows": rows}
     out = score_dataset(
         args.dataset, sigma=args.sigma, min_size=args.min_size, seed_spacing=args.seed_spacing
     )

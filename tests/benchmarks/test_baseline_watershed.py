@@ -73,3 +73,20 @@ def test_blank_and_grey_conversion():
     assert (to_grey(bgr) == 60).all()
     with pytest.raises(ValueError, match="2-D"):
         foreground_mask(np.zeros((4, 4, 3)))
+
+
+def test_tune_scores_each_setting_like_a_single_run(registered):
+    """Every row of the grid equals the score of that setting run alone on the same images
+    (here all 8 images of the bundled validation split), and rows come best first."""
+    from baseline_watershed import score_dataset, tune
+
+    grid = {"sigma": (0.0, 1.0), "min_size": (10,), "seed_spacing": (0.5,)}
+    rows = tune("dsb2018_sample_val", 8, grid)
+    assert [r["MaP-IoU"] for r in rows] == sorted((r["MaP-IoU"] for r in rows), reverse=True)
+    assert {r["sigma"] for r in rows} == {0.0, 1.0}
+    for r in rows:
+        alone = score_dataset("dsb2018_sample_val", sigma=r["sigma"], min_size=10, seed_spacing=0.5)
+        assert alone["n_images"] == 8
+        # same images in another order: equal up to the summation order
+        assert r["MaP-IoU"] == pytest.approx(alone["MaP-IoU"], rel=1e-12)
+        assert r["fluorescence"] == pytest.approx(alone["per_modality"]["fluorescence"], rel=1e-12)
