@@ -151,8 +151,9 @@ def plot_recipe_curve(
     rows = read_metrics_json(train_dir / "metrics.json")
     its, vals = series(rows, "segm/MaP-IoU")
     minutes = eval_minutes(train_dir / "log.txt")[-len(its) :] if its else []
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     baseline = baseline or {}
+    shown = [0.5, *vals, *baseline.values()]  # every plotted value fits under the y limit
     ax.plot(its, vals, "o-", color="k", lw=2, label="overall")
     if "overall" in baseline:
         ax.axhline(baseline["overall"], color="k", ls=":", lw=1.5,
@@ -161,6 +162,7 @@ def plot_recipe_curve(
         mi, mv = series(rows, f"segm/MaP-IoU-{mod}")
         if mi:
             ax.plot(mi, mv, ".--", color=colour, lw=1, label=mod)
+            shown += mv
         if mod in baseline:
             ax.axhline(baseline[mod], color=colour, ls=":", lw=1)
     for i, v, m in zip(its, vals, minutes):
@@ -168,14 +170,14 @@ def plot_recipe_curve(
                     ha="center", fontsize=8)  # fmt: skip
     ax.set_xlabel("iteration")
     ax.set_ylabel("Kaggle MaP-IoU")
-    ax.set_ylim(0, max([0.5, *vals]) * 1.1)
+    ax.set_ylim(0, max(shown) * 1.1)
     ax.set_title(
         f"{train_dir.parent.name}: MaP-IoU on the periodic-eval subset "
         "(dotted: watershed, same colour = same images)",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the curves
     fig.tight_layout()
     with atomic_open(png, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
