@@ -187,14 +187,41 @@ def sweep_settings(
     return sorted(rows, key=lambda r: -r["MaP-IoU"])
 
 
+def paired_difference(
+    per_a: dict[str, float], per_b: dict[str, float], n_boot: int = 10000, seed: int = 0
+) -> dict[str, float]:
+    """Mean per-image difference ``a - b`` over the images both score, with a 95% paired
+    bootstrap interval (images resampled with replacement, ``n_boot`` times, fixed seed)
+    and the number of images where ``a`` is better / worse."""
+    import numpy as np
+
+    ids = sorted(set(per_a) & set(per_b))
+    d = np.array([per_a[i] - per_b[i] for i in ids], np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)],
+            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": len(d)}  # fmt: skip
+
+
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
+    """Markdown table: MaP-IoU overall and per modality, ratio and paired difference to the
+    watershed (mean, 95% bootstrap interval, images better/worse)."""
     base = results["watershed"]
-    head = ["method", "overall", *(f"{m} ({n_per.get(m, 0)})" for m in MODALITIES), "vs watershed"]
+    head = ["method", "overall", *(f"{m} ({n_per.get(m, 0)})" for m in MODALITIES),
+            "vs watershed", "difference [95% CI], images better/worse"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         cells = [f"{r['MaP-IoU']:.3f}"]
         cells += [f"{r['per_modality'].get(m, float('nan')):.3f}" for m in MODALITIES]
         cells.append(f"{r['MaP-IoU'] / base['MaP-IoU']:.2f}x")
+        if name == "watershed":
+            cells.append("-")
+        else:
+            d = paired_difference(r["per_image"], base["per_image"])
+            r["vs_watershed"] = d
+            cells.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
+                         f"{d['better']}/{d['worse']}")  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
