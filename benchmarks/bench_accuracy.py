@@ -29,17 +29,24 @@ records the command and its wall time, reads every submission back with
 models' ``POSTPROCESS.*`` (score >= 0.5, overlaps removed by score) for every method.
 Prints a Markdown table (MaP-IoU and the ratio to the baseline) and writes the JSON.
 
-``--sweep-train N`` instead picks the test-time settings of a model WITHOUT looking at the
-validation fold: on N images of the training fold (``dsb2018_fold0_train``, stratified by
-modality), every combination of box NMS threshold (``MODEL.ROI_HEADS.NMS_THRESH_TEST``),
-mask threshold (``POSTPROCESS.MASK_THRESH``) and score threshold
-(``POSTPROCESS.SCORE_THRESH``) is scored with the same post-processing (overlaps removed
-by score), one model pass per NMS value; the table goes to stdout and ``--output``.
+Test settings are chosen WITHOUT looking at the validation fold, on N images of the
+training fold (``--sweep-dataset``, default ``dsb2018_fold0_train``; ``systematic_sample``:
+evenly spaced by folder hash, so the modality mix is the fold's own):
+
+- ``--sweep-train N``: the first model's test size (``INPUT.MIN_SIZE_TEST``), box NMS
+  (``MODEL.ROI_HEADS.NMS_THRESH_TEST``), mask threshold (``POSTPROCESS.MASK_THRESH``),
+  score threshold and minimum area, one model pass per (size, NMS); table to stdout and
+  ``--output``. The chosen size/NMS are then given as ``KEY VALUE`` to every method;
+- ``--sweep-methods N [KEY VALUE ...]``: with those model settings, every method (single
+  models, flip TTA, ensembles: fused exactly as ``ensemble_infer.py`` fuses) gets its own
+  mask threshold, score threshold and minimum area (fused scores are not on the scale of
+  one model's scores); ``--settings`` that JSON then applies each method's best row.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -53,7 +60,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from baseline_watershed import score_dataset  # noqa: E402
+from baseline_watershed import MIN_SIZE, SEED_SPACING, SIGMA, score_dataset  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 MODALITIES = ("fluorescence", "stained", "brightfield")
@@ -87,33 +94,59 @@ def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
 
 
 def method_commands(
-    dataset: str, work: Path, first: Path, second: Path | None, opts: list[str]
+    dataset: str,
+    work: Path,
+    first: Path,
+    second: Path | None,
+    opts: list[str],
+    per_method: dict[str, list[str]] | None = None,
 ) -> dict[str, list[str]]:
     """Command producing each model method's submission (``<work>/<method>/``); ``opts``
-    (test-time ``KEY VALUE`` overrides) go to every command but ``recipe@train-settings``."""
+    (test-time ``KEY VALUE`` overrides) go to every command but ``recipe@train-settings``,
+    then ``per_method[name]`` (the post-processing chosen for that method on training
+    images by ``--sweep-methods``)."""
     py = sys.executable
+    per_method = per_method or {}
 
-    def single(model: Path, out: str, extra: list[str] = opts) -> list[str]:
+    def single(model: Path, out: str, name: str) -> list[str]:
+        extra = [] if name == "recipe@train-settings" else [*opts, *per_method.get(name, [])]
         return [py, "infer.py", "--model-dir", str(model), "--weights",
                 str(model / "model_final.pth"), "--dataset", dataset, "--output",
                 str(work / out), "--format", "dsb", "--overlays", "0", *extra]  # fmt: skip
 
-    def ensemble(models: list[Path], views: str, out: str) -> list[str]:
+    def ensemble(models: list[Path], views: str, out: str, name: str) -> list[str]:
         spec = ensemble_yaml(work / f"{out}.yaml", models, views)
         return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
                 "--output", str(work / out), "--format", "dsb", "--overlays", "0",
-                *opts]  # fmt: skip
+                *opts, *per_method.get(name, [])]  # fmt: skip
 
     cmds = {
-        "recipe@train-settings": single(first, "recipe_train_settings", []),
-        "recipe": single(first, "recipe"),
-        "recipe+flipTTA": ensemble([first], FLIP_VIEWS, "recipe_fliptta"),
+        "recipe@train-settings": single(first, "recipe_train_settings", "recipe@train-settings"),
+        "recipe": single(first, "recipe", "recipe"),
+        "recipe+flipTTA": ensemble([first], FLIP_VIEWS, "recipe_fliptta", "recipe+flipTTA"),
     }
     if second is not None:
-        cmds["second"] = single(second, "second")
-        cmds["ensemble"] = ensemble([first, second], "identity", "ensemble")
-        cmds["ensemble+flipTTA"] = ensemble([first, second], FLIP_VIEWS, "ensemble_fliptta")
+        cmds["second"] = single(second, "second", "second")
+        cmds["ensemble"] = ensemble([first, second], "identity", "ensemble", "ensemble")
+        cmds["ensemble+flipTTA"] = ensemble(
+            [first, second], FLIP_VIEWS, "ensemble_fliptta", "ensemble+flipTTA"
+        )
     return cmds
+
+
+def settings_opts(sweep: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """The best row of each method of a ``sweep_methods`` result as ``KEY VALUE`` opts."""
+    return {
+        name: [
+            "POSTPROCESS.MASK_THRESH",
+            str(rows[0]["mask_thresh"]),
+            "POSTPROCESS.SCORE_THRESH",
+            f"[{rows[0]['score_thresh']}]",
+            "POSTPROCESS.MIN_AREA",
+            f"[{rows[0]['min_area']}]",
+        ]  # fmt: skip
+        for name, rows in sweep.items()
+    }
 
 
 def score_submission(path: Path, gt: Any, groups: dict[str, str]) -> dict[str, Any]:
@@ -133,6 +166,14 @@ def score_submission(path: Path, gt: Any, groups: dict[str, str]) -> dict[str, A
     }
 
 
+def systematic_sample(dicts: list[dict], n_images: int) -> list[dict]:
+    """``n_images`` evenly spaced images of ``dicts`` sorted by file name (the folder hash:
+    unrelated to content), so the modality mix is the dataset's own."""
+    ordered = sorted(dicts, key=lambda d: d["file_name"])
+    step = max(1, len(ordered) // max(1, n_images))
+    return ordered[::step][:n_images]
+
+
 def sweep_settings(
     model_dir: Path,
     dataset: str,
@@ -140,13 +181,15 @@ def sweep_settings(
     nms: list[float],
     mask_thresh: list[float],
     score_thresh: list[float],
+    sizes: list[int] | None = None,
+    min_areas: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """MaP-IoU of every (nms, mask_thresh, score_thresh) on ``n_images`` of ``dataset``
-    (see the module docstring); rows sorted best first."""
+    """MaP-IoU of every (test size, nms, mask_thresh, score_thresh, min_area) on
+    ``n_images`` of ``dataset`` (``systematic_sample``); one model pass per (size, nms);
+    rows sorted best first."""
     import numpy as np
     from detectron2.data import DatasetCatalog
     from tqdm import tqdm
-    from train_recipe import stratified_subset
 
     from nucdet.data.imageio import read_image
     from nucdet.engine.defaults import build_cfg
@@ -157,34 +200,131 @@ def sweep_settings(
     from nucdet.inference.predictor import Predictor
 
     dicts = DatasetCatalog.get(dataset)
-    keep = {d["file_name"] for d in stratified_subset(dicts, n_images)}
+    keep = {d["file_name"] for d in systematic_sample(dicts, n_images)}
     gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
     _, groups = gt.groups("modality")
+    base = build_cfg(str(model_dir / "config.yaml"), [])
+    sizes = sizes or [base.INPUT.MIN_SIZE_TEST]
+    min_areas = min_areas or [0]
     scores: dict[tuple, dict[str, float]] = {}
-    for t_nms in nms:
-        cfg = build_cfg(
-            str(model_dir / "config.yaml"),
-            ["MODEL.WEIGHTS", str(model_dir / "model_final.pth"),
-             "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(t_nms)],
-        )  # fmt: skip
-        predictor = Predictor(cfg)
-        for im in tqdm(gt.images, desc=f"sweep nms {t_nms}"):
-            raw = predictor.raw(read_image(im.file_name))
-            for mt in mask_thresh:
-                pred = raw_to_prediction(raw, im.image_id, mt)
-                for st in score_thresh:
-                    kept = postprocess(pred, score_thresh=[st], remove_overlap=True)
-                    key = (t_nms, mt, st)
-                    scores.setdefault(key, {})[im.image_id] = map_iou_image(im.instances(), kept)
+    for size in sizes:
+        for t_nms in nms:
+            cfg = build_cfg(
+                str(model_dir / "config.yaml"),
+                ["MODEL.WEIGHTS", str(model_dir / "model_final.pth"),
+                 "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(t_nms),
+                 "INPUT.MIN_SIZE_TEST", str(size)],
+            )  # fmt: skip
+            predictor = Predictor(cfg)
+            for im in tqdm(gt.images, desc=f"sweep size {size} nms {t_nms}"):
+                raw = predictor.raw(read_image(im.file_name))
+                for mt in mask_thresh:
+                    pred = raw_to_prediction(raw, im.image_id, mt)
+                    for st in score_thresh:
+                        for ma in min_areas:
+                            kept = postprocess(
+                                pred, score_thresh=[st], min_area=[ma], remove_overlap=True
+                            )
+                            key = (size, t_nms, mt, st, ma)
+                            scores.setdefault(key, {})[im.image_id] = map_iou_image(
+                                im.instances(), kept
+                            )
     rows = []
-    for (t_nms, mt, st), per in scores.items():
-        row = {"nms": t_nms, "mask_thresh": mt, "score_thresh": st}
+    for (size, t_nms, mt, st, ma), per in scores.items():
+        row = {"size": size, "nms": t_nms, "mask_thresh": mt, "score_thresh": st, "min_area": ma}
         row["MaP-IoU"] = float(np.mean(list(per.values())))
         for m in MODALITIES:
             v = [x for i, x in per.items() if groups.get(i) == m]
             row[m] = float(np.mean(v)) if v else float("nan")
         rows.append(row)
     return sorted(rows, key=lambda r: -r["MaP-IoU"])
+
+
+# (model index, view) members of each model method, for sweep_methods
+METHOD_MEMBERS: dict[str, list[tuple[int, str]]] = {
+    "recipe": [(0, "identity")],
+    "recipe+flipTTA": [(0, v) for v in FLIP_VIEWS.split(",")],
+    "second": [(1, "identity")],
+    "ensemble": [(0, "identity"), (1, "identity")],
+    "ensemble+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
+}
+
+
+def sweep_methods(
+    model_dirs: list[Path],
+    dataset: str,
+    n_images: int,
+    opts: list[str],
+    mask_thresh: list[float],
+    score_thresh: list[float],
+    min_areas: list[int],
+) -> dict[str, list[dict[str, Any]]]:
+    """Per model method (``METHOD_MEMBERS``): MaP-IoU of every (mask_thresh, score_thresh,
+    min_area) on ``n_images`` of ``dataset`` (``systematic_sample``), rows best first.
+
+    Every model runs once per view and image (test-time ``opts`` applied, all masks kept);
+    each method fuses its members exactly as ``ensemble_infer.py`` does (``wbf_mask_vote``
+    with the settings of ``ensemble_yaml``; a single member is pasted, not fused), so a
+    fused method's score threshold is chosen on the fused scores it will be used with."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+    from tqdm import tqdm
+
+    from nucdet.data.imageio import read_image
+    from nucdet.engine.defaults import build_cfg
+    from nucdet.evaluation.groundtruth import GtDataset
+    from nucdet.evaluation.mapiou import map_iou_image
+    from nucdet.inference.fusion import fuse
+    from nucdet.inference.masks import raw_to_prediction
+    from nucdet.inference.postprocess import postprocess
+    from nucdet.inference.predictor import Predictor
+    from nucdet.inference.tta import build_views
+
+    dicts = DatasetCatalog.get(dataset)
+    keep = {d["file_name"] for d in systematic_sample(dicts, n_images)}
+    gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
+    _, groups = gt.groups("modality")
+    methods = {k: v for k, v in METHOD_MEMBERS.items() if max(m for m, _ in v) < len(model_dirs)}
+    predictors = [
+        Predictor(build_cfg(str(d / "config.yaml"),
+                            ["MODEL.WEIGHTS", str(d / "model_final.pth"), *opts]))
+        for d in model_dirs
+    ]  # fmt: skip
+    views = {v.name: v for v in build_views(FLIP_VIEWS.split(","))}
+    fusion = {"iou_thr": 0.55, "conf_type": "box_and_model_avg"}
+    scores: dict[tuple, dict[str, float]] = {}
+    for im in tqdm(gt.images, desc=f"sweep methods on {dataset}"):
+        image = read_image(im.file_name)
+        h, w = image.shape[:2]
+        raws = {
+            (m, name): view.invert(predictors[m].raw(view.apply(image)), (h, w))
+            for m in range(len(model_dirs))
+            for name, view in views.items()
+        }
+        for method, members in methods.items():
+            for mt in mask_thresh:
+                if len(members) == 1:
+                    pred = raw_to_prediction(raws[members[0]], im.image_id, mt)
+                else:
+                    pred = fuse([raws[k] for k in members], [1.0] * len(members),
+                                method="wbf_mask_vote", image_id=im.image_id,
+                                names=[f"m{m}/{v}" for m, v in members], mask_thresh=mt,
+                                **fusion).prediction  # fmt: skip
+                for st in score_thresh:
+                    for ma in min_areas:
+                        kept = postprocess(pred, score_thresh=[st], min_area=[ma],
+                                           remove_overlap=True)  # fmt: skip
+                        per = scores.setdefault((method, mt, st, ma), {})
+                        per[im.image_id] = map_iou_image(im.instances(), kept)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (method, mt, st, ma), per in scores.items():
+        row = {"mask_thresh": mt, "score_thresh": st, "min_area": ma,
+               "MaP-IoU": float(np.mean(list(per.values())))}  # fmt: skip
+        for m in MODALITIES:
+            v = [x for i, x in per.items() if groups.get(i) == m]
+            row[m] = float(np.mean(v)) if v else float("nan")
+        out.setdefault(method, []).append(row)
+    return {k: sorted(v, key=lambda r: -r["MaP-IoU"]) for k, v in out.items()}
 
 
 def paired_difference(
@@ -237,6 +377,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--force", action="store_true", help="recompute existing submissions")
     ap.add_argument("--sweep-train", type=int, help="N: sweep test settings on N train images")
     ap.add_argument("--sweep-dataset", default="dsb2018_fold0_train")
+    ap.add_argument(
+        "--sweep-methods",
+        type=int,
+        metavar="N",
+        help="N: choose each method's post-processing on N training images",
+    )
+    ap.add_argument("--settings", help="JSON written by --sweep-methods: per-method settings")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="test-time KEY VALUE overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -248,12 +395,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         rows = sweep_settings(
             Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_train,
-            nms=[0.5, 0.3, 0.2], mask_thresh=[0.5, 0.4], score_thresh=[0.5, 0.6, 0.7, 0.8],
+            nms=[0.3], mask_thresh=[0.5, 0.4], score_thresh=[0.6, 0.7, 0.8],
+            sizes=[512, 576, 640, 768], min_areas=[0, 15, 30],
         )  # fmt: skip
         for r in rows:
             print(" ".join(f"{k}={v:.3f}" for k, v in r.items()))
         out = {"model": args.model_dir, "dataset": args.sweep_dataset, "n_images": args.sweep_train,
                "seconds": round(time.perf_counter() - t0, 1), "rows": rows}  # fmt: skip
+        atomic_write_json(args.output, out, indent=1)
+        return out
+    if args.sweep_methods:
+        from nucdet.data.register import register_all
+        from nucdet.io.atomic import atomic_write_json
+
+        register_all()
+        t0 = time.perf_counter()
+        dirs = [Path(d).resolve() for d in (args.model_dir, args.second_model_dir) if d]
+        methods = sweep_methods(
+            dirs, args.sweep_dataset, args.sweep_methods, list(args.opts),
+            mask_thresh=[0.5, 0.4], score_thresh=[0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
+            min_areas=[0, 15, 30],
+        )  # fmt: skip
+        for name, rows in methods.items():
+            print(name, " ".join(f"{k}={v:.3f}" for k, v in rows[0].items()))
+        out = {"models": [str(d) for d in dirs], "dataset": args.sweep_dataset,
+               "n_images": args.sweep_methods, "test_opts": list(args.opts),
+               "seconds": round(time.perf_counter() - t0, 1), "methods": methods}  # fmt: skip
         atomic_write_json(args.output, out, indent=1)
         return out
 
@@ -290,14 +457,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": {},
     }
     t0 = time.perf_counter()
-    base = score_dataset(args.dataset)
+    base = score_dataset(args.dataset, sigma=SIGMA, min_size=MIN_SIZE, seed_spacing=SEED_SPACING)
     out["seconds"]["watershed"] = round(time.perf_counter() - t0, 1)
     out["commands"]["watershed"] = f"benchmarks/baseline_watershed.py --dataset {args.dataset}"
     out["results"]["watershed"] = {
         k: base[k] for k in ("MaP-IoU", "per_modality", "per_image") if k in base
     }
 
-    cmds = method_commands(args.dataset, work, first, second, list(args.opts))
+    per_method = None
+    if args.settings:
+        per_method = settings_opts(json.loads(Path(args.settings).read_text())["methods"])
+        out["settings"] = {"file": args.settings, "per_method": per_method}
+    cmds = method_commands(args.dataset, work, first, second, list(args.opts), per_method)
     out["test_opts"] = list(args.opts)
     wanted = args.methods.split(",") if args.methods else list(cmds)
     for name in wanted:

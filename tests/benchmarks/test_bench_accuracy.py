@@ -28,3 +28,26 @@ def test_only_shared_images_count_and_ties_are_neither():
     assert (d["better"], d["worse"], d["n"]) == (1, 1, 3)
     lo, hi = d["ci95"]
     assert -0.1 - 1e-12 <= lo < 0 < hi <= 0.1 + 1e-12
+
+
+def test_systematic_sample_is_evenly_spaced_by_file_name():
+    from bench_accuracy import systematic_sample
+
+    dicts = [{"file_name": f"img{i:03d}.png"} for i in range(100)][::-1]  # any input order
+    got = [d["file_name"] for d in systematic_sample(dicts, 10)]
+    assert got == [f"img{i:03d}.png" for i in range(0, 100, 10)]
+    assert len(systematic_sample(dicts, 500)) == 100  # never more than there is
+
+
+def test_settings_opts_take_each_methods_best_row():
+    from bench_accuracy import settings_opts
+
+    sweep = {
+        "recipe": [{"mask_thresh": 0.5, "score_thresh": 0.8, "min_area": 15, "MaP-IoU": 0.5},
+                   {"mask_thresh": 0.4, "score_thresh": 0.6, "min_area": 0, "MaP-IoU": 0.4}],
+        "ensemble": [{"mask_thresh": 0.4, "score_thresh": 0.6, "min_area": 0, "MaP-IoU": 0.6}],
+    }  # fmt: skip
+    opts = settings_opts(sweep)
+    assert opts["recipe"] == ["POSTPROCESS.MASK_THRESH", "0.5", "POSTPROCESS.SCORE_THRESH",
+                              "[0.8]", "POSTPROCESS.MIN_AREA", "[15]"]  # fmt: skip
+    assert opts["ensemble"][1::2] == ["0.4", "[0.6]", "[0]"]
