@@ -2,10 +2,17 @@
 """Accuracy side by side on one validation fold: classical baseline vs trained recipe vs
 flip TTA vs a 2-model ensemble, Kaggle MaP-IoU overall and per modality.
 
-    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=2 .venv/bin/python \
-        benchmarks/bench_accuracy.py --model-dir output/accuracy/recipe60/train \
-        [--second-model-dir output/accuracy/recipe/train] [--dataset dsb2018_fold0_val] \
-        [--work output/accuracy/bench] [--output benchmarks/results/accuracy.json]
+The commands behind benchmarks/RESULTS.md (two models of the recipe, trained with
+``benchmarks/train_recipe.py`` into ``output/accuracy/r60_seed{1,2}``)::
+
+    export NUCDET_DATASETS=../shared/data OMP_NUM_THREADS=1
+    M="--model-dir output/accuracy/r60_seed1/train"
+    M2="--second-model-dir output/accuracy/r60_seed2/train"
+    python benchmarks/bench_accuracy.py $M --sweep-train 44 --output sweep_train.json
+    python benchmarks/bench_accuracy.py $M $M2 --sweep-methods 44 \
+        --output sweep_methods.json INPUT.MIN_SIZE_TEST 576
+    python benchmarks/bench_accuracy.py $M $M2 --settings sweep_methods.json \
+        --work output/accuracy/bench INPUT.MIN_SIZE_TEST 576
 
 Methods (each model's ``model_final.pth``, i.e. the end of its schedule; ``model_best.pth``
 was picked on a subset of this same fold and would flatter it):
@@ -14,7 +21,8 @@ was picked on a subset of this same fold and would flatter it):
 - ``recipe@train-settings``: ``infer.py`` with the first model and the test settings it
   was evaluated with during training (its ``config.yaml``);
 - ``recipe``: the same with the test-time overrides given after the flags (``KEY VALUE``,
-  chosen on TRAINING images with ``--sweep-train``); these go to every method below;
+  chosen on TRAINING images with ``--sweep-train``) and its ``--settings`` row; the
+  overrides go to every method below, each with its own ``--settings`` row;
 - ``recipe+flipTTA``: ``ensemble_infer.py``, the first model on the identity, horizontal
   and vertical flip views, ``wbf_mask_vote`` fusion;
 - ``second``: ``infer.py`` with the second model alone (so the ensemble has a reference);
@@ -25,9 +33,9 @@ Every model method writes a DSB submission (``ImageId,EncodedPixels``) under ``-
 this script runs the command only when the submission is missing (``--force`` redoes it),
 records the command and its wall time, reads every submission back with
 ``nucdet.io.readers.read_dsb_csv`` and scores all methods with the same
-``nucdet.evaluation.mapiou.map_iou_dataset`` (groups = modality). Post-processing is the
-models' ``POSTPROCESS.*`` (score >= 0.5, overlaps removed by score) for every method.
-Prints a Markdown table (MaP-IoU and the ratio to the baseline) and writes the JSON.
+``nucdet.evaluation.mapiou.map_iou_dataset`` (groups = modality). Overlaps are removed by
+score for every method. Prints a Markdown table (MaP-IoU, the ratio to the baseline and
+the paired per-image difference with a bootstrap interval) and writes the JSON.
 
 Test settings are chosen WITHOUT looking at the validation fold, on N images of the
 training fold (``--sweep-dataset``, default ``dsb2018_fold0_train``; ``systematic_sample``:
