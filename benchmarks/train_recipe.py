@@ -6,7 +6,11 @@
 
 One thread when other jobs share the 2 cores: two OpenMP threads wait on each other when
 the cores are oversubscribed (measured here: under 20 iterations in 5 minutes with 2
-threads at load 10, 2.5-6 s/iteration with 1 thread at load 5-9). On a free machine use 2.
+threads at load 10, 2.5-6 s/iteration with 1 thread at load 5-9). The committed results
+(benchmarks/RESULTS.md) ran two seeds side by side, one thread each, on the free machine:
+
+    python benchmarks/train_recipe.py --output output/accuracy/r60_seed1 &
+    python benchmarks/train_recipe.py --output output/accuracy/r60_seed2 SEED 2 &
 
 Steps (each logged with its wall time into ``DIR/recipe_run.json``):
 
