@@ -24,11 +24,12 @@ GRID = ["--grid", "STANDIN.SCORE=0.1,0.2", "--grid", "MODEL.ROI_HEADS.NAME=A,B"]
 NAMES = ["score-0.1__name-A", "score-0.1__name-B", "score-0.2__name-A", "score-0.2__name-B"]
 
 
-def sweep_args(out: Path, *extra: str) -> list[str]:
+def sweep_args(out: Path, *extra: str, grid: list[str] | None = None) -> list[str]:
+    """The sweep command line with the stand-in trainer (``grid``: ``--grid`` flags)."""
     return [
         "--config-file",
         "base.yaml",
-        *GRID,
+        *(GRID if grid is None else grid),
         "--output",
         str(out),
         "--python",
@@ -255,18 +256,7 @@ def test_shards_on_two_machines_then_merge(tmp_path):
 
 def test_failed_run_is_reported_and_retried(tmp_path):
     out = tmp_path / "sw"
-    args = [
-        "--config-file",
-        "base.yaml",
-        "--grid",
-        "STANDIN.FAIL=0,1",
-        "--output",
-        str(out),
-        "--python",
-        sys.executable,
-        "--train-script",
-        STANDIN,
-    ]
+    args = sweep_args(out, grid=["--grid", "STANDIN.FAIL=0,1"])
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: fail-1"):
         sweep.main(args)
     rows = read_csv(out / "results.csv")
@@ -280,18 +270,7 @@ def test_failed_run_is_reported_and_retried(tmp_path):
 
 def test_restart_with_other_shared_overrides_is_refused(tmp_path):
     out = tmp_path / "sw"
-    args = [
-        "--config-file",
-        "base.yaml",
-        "--grid",
-        "STANDIN.FAIL=1",
-        "--output",
-        str(out),
-        "--python",
-        sys.executable,
-        "--train-script",
-        STANDIN,
-    ]
+    args = sweep_args(out, grid=["--grid", "STANDIN.FAIL=1"])
     with pytest.raises(RuntimeError):
         sweep.main([*args, "SOLVER.MAX_ITER", "2"])
     with pytest.raises(ValueError, match="started with other settings"):
@@ -325,18 +304,7 @@ def test_summary_reads_last_and_best_evaluation(tmp_path):
 
 def test_run_without_readable_outputs_fails_alone(tmp_path, caplog):
     out = tmp_path / "sw"
-    args = [
-        "--config-file",
-        "base.yaml",
-        "--grid",
-        "STANDIN.NO_METRICS=1,0",
-        "--output",
-        str(out),
-        "--python",
-        sys.executable,
-        "--train-script",
-        STANDIN,
-    ]
+    args = sweep_args(out, grid=["--grid", "STANDIN.NO_METRICS=1,0"])
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed: no_metrics-1"):
         sweep.main(args)
     rows = read_csv(out / "results.csv")
