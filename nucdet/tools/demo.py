@@ -2,11 +2,15 @@
 
 Runs the two user-facing commands exactly as a user would type them:
 
-    python train_net.py --config-file configs/cpu/mask_rcnn_R_18_FPN_lite_tiny.yaml \
+    python train_net.py --config-file configs/cpu/mask_rcnn_R_18_FPN_lite_GN_demo.yaml \
         OUTPUT_DIR <out>/model
     python infer.py --model-dir <out>/model --dataset dsb2018_sample_val --output <out>/infer
 
 and prints where the submission, overlays and metrics are. About 8 minutes on 2 cores.
+The demo config is the DSB accuracy recipe shortened to 400 iterations: measured MaP-IoU
+0.216 / 0.228 on the 8 held-out images with seeds 42 / 7, where the BatchNorm tiny config
+(``configs/cpu/mask_rcnn_R_18_FPN_lite_tiny.yaml``, constant LR) gave 0.03-0.20 from run to
+run. ``--config-file`` and trailing ``KEY VALUE`` overrides change what is trained.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = "configs/cpu/mask_rcnn_R_18_FPN_lite_tiny.yaml"
+CONFIG = "configs/cpu/mask_rcnn_R_18_FPN_lite_GN_demo.yaml"
 
 
 def run(cmd: list[str]) -> None:
@@ -30,7 +34,9 @@ def run(cmd: list[str]) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="output/demo")
+    ap.add_argument("--config-file", default=CONFIG)
     ap.add_argument("--iters", type=int, default=400, help="training iterations")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="train_net.py KEY VALUE overrides")
     args = ap.parse_args(argv)
     out = Path(args.output)
     if not out.is_absolute():
@@ -41,7 +47,7 @@ def main(argv=None) -> None:
             sys.executable,
             "train_net.py",
             "--config-file",
-            CONFIG,
+            args.config_file,
             "SOLVER.MAX_ITER",
             str(args.iters),
             "OUTPUT_DIR",
@@ -49,6 +55,7 @@ def main(argv=None) -> None:
             # infer.py scores the held-out images next; no second evaluation at the end.
             "DATASETS.TEST",
             "()",
+            *args.opts,
         ]
     )
     t1 = time.time()
