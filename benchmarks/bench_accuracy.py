@@ -74,6 +74,16 @@ logger = logging.getLogger("bench_accuracy")
 MODALITIES = ("fluorescence", "stained", "brightfield")
 FLIP_VIEWS = "identity,hflip,vflip"
 SUBMISSION = "submission_dsb.csv"
+# the fusion of every fused method, in its ensemble YAML and in --sweep-methods alike
+FUSION = {"method": "wbf_mask_vote", "iou_thr": 0.55, "conf_type": "box_and_model_avg"}
+# (model index, view) members of each model method; one identity member = plain infer.py
+METHOD_MEMBERS: dict[str, list[tuple[int, str]]] = {
+    "recipe": [(0, "identity")],
+    "recipe+flipTTA": [(0, v) for v in FLIP_VIEWS.split(",")],
+    "second": [(1, "identity")],
+    "ensemble": [(0, "identity"), (1, "identity")],
+    "ensemble+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
+}
 
 
 def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
@@ -90,7 +100,7 @@ def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
             for i, d in enumerate(model_dirs)
         ],
         "views": views.split(","),
-        "fusion": {"method": "wbf_mask_vote", "iou_thr": 0.55, "conf_type": "box_and_model_avg"},
+        "fusion": dict(FUSION),
         "format": "dsb",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,23 +132,26 @@ def method_commands(
                 str(model / "model_final.pth"), "--dataset", dataset, "--output",
                 str(work / out), "--format", "dsb", "--overlays", "0", *extra]  # fmt: skip
 
-    def ensemble(models: list[Path], views: str, out: str, name: str) -> list[str]:
-        spec = ensemble_yaml(work / f"{out}.yaml", models, views)
+    def ensemble(models: list[Path], views: list[str], out: str, name: str) -> list[str]:
+        spec = ensemble_yaml(work / f"{out}.yaml", models, ",".join(views))
         return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
                 "--output", str(work / out), "--format", "dsb", "--overlays", "0",
                 *opts, *per_method.get(name, [])]  # fmt: skip
 
+    models = [first] if second is None else [first, second]
     cmds = {
-        "recipe@train-settings": single(first, "recipe_train_settings", "recipe@train-settings"),
-        "recipe": single(first, "recipe", "recipe"),
-        "recipe+flipTTA": ensemble([first], FLIP_VIEWS, "recipe_fliptta", "recipe+flipTTA"),
+        "recipe@train-settings": single(first, "recipe_train_settings", "recipe@train-settings")
     }
-    if second is not None:
-        cmds["second"] = single(second, "second", "second")
-        cmds["ensemble"] = ensemble([first, second], "identity", "ensemble", "ensemble")
-        cmds["ensemble+flipTTA"] = ensemble(
-            [first, second], FLIP_VIEWS, "ensemble_fliptta", "ensemble+flipTTA"
-        )
+    for name, members in METHOD_MEMBERS.items():
+        if max(m for m, _ in members) >= len(models):
+            continue
+        out = name.lower().replace("+", "_")  # recipe+flipTTA -> recipe_fliptta
+        if len(members) == 1 and members[0][1] == "identity":
+            cmds[name] = single(models[members[0][0]], out, name)
+        else:
+            used = list(dict.fromkeys(m for m, _ in members))
+            views = list(dict.fromkeys(v for _, v in members))
+            cmds[name] = ensemble([models[m] for m in used], views, out, name)
     return cmds
 
 
@@ -182,6 +195,50 @@ def systematic_sample(dicts: list[dict], n_images: int) -> list[dict]:
     return ordered[::step][:n_images]
 
 
+def _sample_gt(dataset: str, n_images: int):
+    """``(gt, groups)``: ground truth of ``systematic_sample(dataset, n_images)`` and each
+    image's modality."""
+    from detectron2.data import DatasetCatalog
+
+    from nucdet.evaluation.groundtruth import GtDataset
+
+    dicts = DatasetCatalog.get(dataset)
+    keep = {d["file_name"] for d in systematic_sample(dicts, n_images)}
+    gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
+    _, groups = gt.groups("modality")
+    return gt, groups
+
+
+def _score_postprocessed(
+    scores: dict[tuple, dict[str, float]],
+    key: tuple,
+    pred: Any,
+    im: Any,
+    score_thresh: list[float],
+    min_areas: list[int],
+) -> None:
+    """Score ``pred`` of image ``im`` after post-processing with every (score threshold,
+    minimum area) into ``scores[(*key, st, ma)][image_id]``."""
+    from nucdet.evaluation.mapiou import map_iou_image
+    from nucdet.inference.postprocess import postprocess
+
+    for st in score_thresh:
+        for ma in min_areas:
+            kept = postprocess(pred, score_thresh=[st], min_area=[ma], remove_overlap=True)
+            scores.setdefault((*key, st, ma), {})[im.image_id] = map_iou_image(im.instances(), kept)
+
+
+def _summary(per: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
+    """Mean MaP-IoU over the images of ``per``, overall and per modality."""
+    import numpy as np
+
+    row = {"MaP-IoU": float(np.mean(list(per.values())))}
+    for m in MODALITIES:
+        v = [x for i, x in per.items() if groups.get(i) == m]
+        row[m] = float(np.mean(v)) if v else float("nan")
+    return row
+
+
 def sweep_settings(
     model_dir: Path,
     dataset: str,
@@ -195,24 +252,15 @@ def sweep_settings(
     """MaP-IoU of every (test size, nms, mask_thresh, score_thresh, min_area) on
     ``n_images`` of ``dataset`` (``systematic_sample``); one model pass per (size, nms);
     rows sorted best first."""
-    import numpy as np
-    from detectron2.data import DatasetCatalog
     from tqdm import tqdm
 
     from nucdet.data.imageio import read_image
     from nucdet.engine.defaults import build_cfg
-    from nucdet.evaluation.groundtruth import GtDataset
-    from nucdet.evaluation.mapiou import map_iou_image
     from nucdet.inference.masks import raw_to_prediction
-    from nucdet.inference.postprocess import postprocess
     from nucdet.inference.predictor import Predictor
 
-    dicts = DatasetCatalog.get(dataset)
-    keep = {d["file_name"] for d in systematic_sample(dicts, n_images)}
-    gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
-    _, groups = gt.groups("modality")
-    base = build_cfg(str(model_dir / "config.yaml"), [])
-    sizes = sizes or [base.INPUT.MIN_SIZE_TEST]
+    gt, groups = _sample_gt(dataset, n_images)
+    sizes = sizes or [build_cfg(str(model_dir / "config.yaml"), []).INPUT.MIN_SIZE_TEST]
     min_areas = min_areas or [0]
     scores: dict[tuple, dict[str, float]] = {}
     for size in sizes:
@@ -228,34 +276,15 @@ def sweep_settings(
                 raw = predictor.raw(read_image(im.file_name))
                 for mt in mask_thresh:
                     pred = raw_to_prediction(raw, im.image_id, mt)
-                    for st in score_thresh:
-                        for ma in min_areas:
-                            kept = postprocess(
-                                pred, score_thresh=[st], min_area=[ma], remove_overlap=True
-                            )
-                            key = (size, t_nms, mt, st, ma)
-                            scores.setdefault(key, {})[im.image_id] = map_iou_image(
-                                im.instances(), kept
-                            )
-    rows = []
-    for (size, t_nms, mt, st, ma), per in scores.items():
-        row = {"size": size, "nms": t_nms, "mask_thresh": mt, "score_thresh": st, "min_area": ma}
-        row["MaP-IoU"] = float(np.mean(list(per.values())))
-        for m in MODALITIES:
-            v = [x for i, x in per.items() if groups.get(i) == m]
-            row[m] = float(np.mean(v)) if v else float("nan")
-        rows.append(row)
+                    _score_postprocessed(
+                        scores, (size, t_nms, mt), pred, im, score_thresh, min_areas
+                    )
+    rows = [
+        {"size": size, "nms": t_nms, "mask_thresh": mt, "score_thresh": st, "min_area": ma,
+         **_summary(per, groups)}
+        for (size, t_nms, mt, st, ma), per in scores.items()
+    ]  # fmt: skip
     return sorted(rows, key=lambda r: -r["MaP-IoU"])
-
-
-# (model index, view) members of each model method, for sweep_methods
-METHOD_MEMBERS: dict[str, list[tuple[int, str]]] = {
-    "recipe": [(0, "identity")],
-    "recipe+flipTTA": [(0, v) for v in FLIP_VIEWS.split(",")],
-    "second": [(1, "identity")],
-    "ensemble": [(0, "identity"), (1, "identity")],
-    "ensemble+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
-}
 
 
 def sweep_methods(
@@ -274,24 +303,16 @@ def sweep_methods(
     each method fuses its members exactly as ``ensemble_infer.py`` does (``wbf_mask_vote``
     with the settings of ``ensemble_yaml``; a single member is pasted, not fused), so a
     fused method's score threshold is chosen on the fused scores it will be used with."""
-    import numpy as np
-    from detectron2.data import DatasetCatalog
     from tqdm import tqdm
 
     from nucdet.data.imageio import read_image
     from nucdet.engine.defaults import build_cfg
-    from nucdet.evaluation.groundtruth import GtDataset
-    from nucdet.evaluation.mapiou import map_iou_image
     from nucdet.inference.fusion import fuse
     from nucdet.inference.masks import raw_to_prediction
-    from nucdet.inference.postprocess import postprocess
     from nucdet.inference.predictor import Predictor
     from nucdet.inference.tta import build_views
 
-    dicts = DatasetCatalog.get(dataset)
-    keep = {d["file_name"] for d in systematic_sample(dicts, n_images)}
-    gt = GtDataset.from_dataset_dicts([d for d in dicts if d["file_name"] in keep], ["nucleus"])
-    _, groups = gt.groups("modality")
+    gt, groups = _sample_gt(dataset, n_images)
     methods = {k: v for k, v in METHOD_MEMBERS.items() if max(m for m, _ in v) < len(model_dirs)}
     predictors = [
         Predictor(build_cfg(str(d / "config.yaml"),
@@ -299,7 +320,7 @@ def sweep_methods(
         for d in model_dirs
     ]  # fmt: skip
     views = {v.name: v for v in build_views(FLIP_VIEWS.split(","))}
-    fusion = {"iou_thr": 0.55, "conf_type": "box_and_model_avg"}
+    fusion = {k: v for k, v in FUSION.items() if k != "method"}
     scores: dict[tuple, dict[str, float]] = {}
     for im in tqdm(gt.images, desc=f"sweep methods on {dataset}"):
         image = read_image(im.file_name)
@@ -315,22 +336,13 @@ def sweep_methods(
                     pred = raw_to_prediction(raws[members[0]], im.image_id, mt)
                 else:
                     pred = fuse([raws[k] for k in members], [1.0] * len(members),
-                                method="wbf_mask_vote", image_id=im.image_id,
+                                method=FUSION["method"], image_id=im.image_id,
                                 names=[f"m{m}/{v}" for m, v in members], mask_thresh=mt,
                                 **fusion).prediction  # fmt: skip
-                for st in score_thresh:
-                    for ma in min_areas:
-                        kept = postprocess(pred, score_thresh=[st], min_area=[ma],
-                                           remove_overlap=True)  # fmt: skip
-                        per = scores.setdefault((method, mt, st, ma), {})
-                        per[im.image_id] = map_iou_image(im.instances(), kept)
+                _score_postprocessed(scores, (method, mt), pred, im, score_thresh, min_areas)
     out: dict[str, list[dict[str, Any]]] = {}
     for (method, mt, st, ma), per in scores.items():
-        row = {"mask_thresh": mt, "score_thresh": st, "min_area": ma,
-               "MaP-IoU": float(np.mean(list(per.values())))}  # fmt: skip
-        for m in MODALITIES:
-            v = [x for i, x in per.items() if groups.get(i) == m]
-            row[m] = float(np.mean(v)) if v else float("nan")
+        row = {"mask_thresh": mt, "score_thresh": st, "min_area": ma, **_summary(per, groups)}
         out.setdefault(method, []).append(row)
     return {k: sorted(v, key=lambda r: -r["MaP-IoU"]) for k, v in out.items()}
 
@@ -354,7 +366,8 @@ def paired_difference(
 
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
     """Markdown table: MaP-IoU overall and per modality, ratio and paired difference to the
-    watershed (mean, 95% bootstrap interval, images better/worse)."""
+    watershed (each result's ``vs_watershed``: mean, 95% bootstrap interval, images
+    better/worse)."""
     base = results["watershed"]
     head = ["method", "overall", *(f"{m} ({n_per.get(m, 0)})" for m in MODALITIES),
             "vs watershed", "difference [95% CI], images better/worse"]  # fmt: skip
@@ -366,8 +379,7 @@ def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
         if name == "watershed":
             cells.append("-")
         else:
-            d = paired_difference(r["per_image"], base["per_image"])
-            r["vs_watershed"] = d
+            d = r["vs_watershed"]
             cells.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
                          f"{d['better']}/{d['worse']}")  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -492,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out["seconds"][name] = round(time.perf_counter() - t, 1)
         else:
             logger.info("%s: reusing %s", name, sub)
-        out["results"][name] = score_submission(sub, gt, groups)
+        res = score_submission(sub, gt, groups)
+        res["vs_watershed"] = paired_difference(res["per_image"], base["per_image"])
+        out["results"][name] = res
     out["machine"]["load_at_end"] = os.getloadavg()
     md = table(out["results"], n_per)
     out["table"] = md
