@@ -205,6 +205,21 @@ def subset_baseline(sub_json: Path, image_root: Path) -> dict[str, float]:
     return {"overall": float(res["MaP-IoU"]), **res["per_modality"]}
 
 
+def train_command(
+    args: argparse.Namespace, py: str, sub_json: Path, image_root: Path, train_dir: Path
+) -> list[str]:
+    """The train_net command line: the subset registered and used as the periodic test set,
+    ``--num-gpus`` only when above 1, the user's overrides last (they win)."""
+    return [
+        py, "train_net.py", "--config-file", args.config_file,
+        *(["--resume"] if args.resume else []),
+        *(["--num-gpus", str(args.num_gpus)] if args.num_gpus > 1 else []),
+        "DATASETS.REGISTER", repr([[SUBSET_NAME, str(sub_json), str(image_root)]]),
+        "DATASETS.TEST", f"('{SUBSET_NAME}',)",
+        "OUTPUT_DIR", str(train_dir), *args.opts,
+    ]  # fmt: skip
+
+
 def run(cmd: list[str], log: dict, key: str) -> None:
     logger.info("running: %s", " ".join(cmd))
     t0 = time.time()
@@ -212,7 +227,7 @@ def run(cmd: list[str], log: dict, key: str) -> None:
     log[key] = {"command": " ".join(cmd), "seconds": round(time.time() - t0, 1)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config-file", default=str(CONFIG))
     ap.add_argument("--output", default=str(REPO / "output/accuracy/recipe"))
@@ -220,9 +235,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (checked)")
     ap.add_argument("--skip-final", action="store_true", help="no full-fold scoring at the end")
     ap.add_argument("--resume", action="store_true", help="continue the training in --output")
+    ap.add_argument(
+        "--num-gpus", type=int, default=1,
+        help="train_net processes (on a CPU: gloo processes, one per core; SOLVER.IMS_PER_BATCH "
+        "is the total over them)",
+    )  # fmt: skip
     ap.add_argument("--plot-only", help="training OUTPUT_DIR: redraw its recipe_curve.png only")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="train_net overrides: KEY VALUE ...")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not os.environ.get("NUCDET_DATASETS"):
         raise RuntimeError(
@@ -246,17 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     py = sys.executable
     train_dir = out / "train"
-    run(
-        [
-            py, "train_net.py", "--config-file", args.config_file,
-            *(["--resume"] if args.resume else []),
-            "DATASETS.REGISTER", repr([[SUBSET_NAME, str(sub_json), str(image_root)]]),
-            "DATASETS.TEST", f"('{SUBSET_NAME}',)",
-            "OUTPUT_DIR", str(train_dir), *args.opts,
-        ],
-        log,
-        "train",
-    )  # fmt: skip
+    run(train_command(args, py, sub_json, image_root, train_dir), log, "train")
     log["load_after_train"] = os.getloadavg()
     minutes = log["train"]["seconds"] / 60
     log["train"]["within_budget"] = minutes <= args.minutes
