@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """The ONE command that trains and evaluates the DSB2018 CPU accuracy recipe.
 
-    NUCDET_DATASETS=/work/shared/data OMP_NUM_THREADS=1 \
-        .venv/bin/python benchmarks/train_recipe.py [--output DIR] [--minutes 60] [KEY VALUE ...]
+    NUCDET_DATASETS=/work/shared/data .venv/bin/python benchmarks/train_recipe.py \
+        [--output DIR] [--num-gpus 2] [--minutes 60] [KEY VALUE ...]
 
-One thread when other jobs share the 2 cores: two OpenMP threads wait on each other when
-the cores are oversubscribed (measured here: under 20 iterations in 5 minutes with 2
-threads at load 10, 2.5-6 s/iteration with 1 thread at load 5-9). The committed results
-(benchmarks/RESULTS.md) ran two seeds side by side, one thread each, on the free machine:
+The recipe trains ONE model on both cores of the 2-core machine: ``--num-gpus 2`` (the
+default) runs train_net.py as two gloo processes with one thread each and the config's
+batch of 4 split over them. The committed result (benchmarks/RESULTS.md,
+benchmarks/results/recipe60_both_cores/) ran on the free machine:
 
-    python benchmarks/train_recipe.py --output output/accuracy/r60_seed1 &
-    python benchmarks/train_recipe.py --output output/accuracy/r60_seed2 SEED 2 &
+    python benchmarks/train_recipe.py --output output/accuracy/r60_ddp
+
+With ``--num-gpus 1`` one process trains the batch of 4 (twice as long per iteration); the
+first recipe trained two one-process models side by side instead (batch 2, LR 0.01,
+``OMP_NUM_THREADS=1`` each: under load, two OpenMP threads per process wait on each other).
 
 Steps (each logged with its wall time into ``DIR/recipe_run.json``):
 
@@ -236,9 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-final", action="store_true", help="no full-fold scoring at the end")
     ap.add_argument("--resume", action="store_true", help="continue the training in --output")
     ap.add_argument(
-        "--num-gpus", type=int, default=1,
+        "--num-gpus", type=int, default=2,
         help="train_net processes (on a CPU: gloo processes, one per core; SOLVER.IMS_PER_BATCH "
-        "is the total over them)",
+        "is the total over them). Default 2: the recipe's one model on both cores",
     )  # fmt: skip
     ap.add_argument("--plot-only", help="training OUTPUT_DIR: redraw its recipe_curve.png only")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="train_net overrides: KEY VALUE ...")

@@ -61,13 +61,12 @@ def test_eval_minutes_count_from_the_first_start_through_a_resume(tmp_path):
 
 def test_train_command_on_one_and_on_two_processes(tmp_path):
     sub, root, out = tmp_path / "sub.json", tmp_path / "img", tmp_path / "train"
-    one = train_command(parse_args([]), "py", sub, root, out)
+    one = train_command(parse_args(["--num-gpus", "1"]), "py", sub, root, out)
     assert "--num-gpus" not in one and "--resume" not in one
     assert one[:4] == ["py", "train_net.py", "--config-file", parse_args([]).config_file]
-    two = train_command(
-        parse_args(["--num-gpus", "2", "--resume", "SOLVER.IMS_PER_BATCH", "4"]),
-        "py", sub, root, out,
-    )  # fmt: skip
+    # the default: the recipe's one model on both cores
+    assert train_command(parse_args([]), "py", sub, root, out)[4:6] == ["--num-gpus", "2"]
+    two = train_command(parse_args(["--resume", "SOLVER.IMS_PER_BATCH", "4"]), "py", sub, root, out)
     assert two[4:7] == ["--resume", "--num-gpus", "2"]
     i = two.index("DATASETS.REGISTER")
     assert ast.literal_eval(two[i + 1]) == [[SUBSET_NAME, str(sub), str(root)]]
