@@ -49,6 +49,9 @@ evenly spaced by folder hash, so the modality mix is the fold's own):
   models, flip TTA, ensembles: fused exactly as ``ensemble_infer.py`` fuses) gets its own
   mask threshold, score threshold and minimum area (fused scores are not on the scale of
   one model's scores); ``--settings`` that JSON then applies each method's best row.
+
+``--compare A.json:METHOD B.json:METHOD`` prints the same paired difference between rows
+of two result files (e.g. a model of one run against a model of another) and exits.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from baseline_watershed import MIN_SIZE, SEED_SPACING, SIGMA, score_dataset  # noqa: E402
+from baseline_watershed import score_dataset  # noqa: E402
 
 logger = logging.getLogger("bench_accuracy")
 MODALITIES = ("fluorescence", "stained", "brightfield")
@@ -386,10 +389,31 @@ def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def compare(spec_a: str, spec_b: str) -> dict[str, Any]:
+    """``paired_difference`` of two rows of result JSON files written by this script, each
+    given as ``FILE:METHOD`` (e.g. a row of this run against a row of an earlier run on
+    the same images); ``METHOD`` may be ``watershed``."""
+    per = []
+    for spec in (spec_a, spec_b):
+        path, sep, method = spec.rpartition(":")
+        if not sep:
+            raise ValueError(f"--compare {spec!r}: expected FILE:METHOD")
+        results = json.loads(Path(path).read_text())["results"]
+        if method not in results:
+            raise KeyError(f"--compare {spec!r}: {path} has no method {method!r}; "
+                           f"it has {list(results)}")  # fmt: skip
+        per.append(results[method]["per_image"])
+    if set(per[0]) != set(per[1]):
+        raise ValueError(f"--compare: {spec_a} and {spec_b} scored different images")
+    return paired_difference(per[0], per[1])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dataset", default="dsb2018_fold0_val")
-    ap.add_argument("--model-dir", required=True, help="the recipe's training OUTPUT_DIR")
+    ap.add_argument(
+        "--model-dir", help="the recipe's training OUTPUT_DIR (required but with --compare)"
+    )
     ap.add_argument("--second-model-dir", help="second model for the ensemble")
     ap.add_argument("--work", default=str(REPO / "output/accuracy/bench"))
     ap.add_argument("--output", default=str(REPO / "benchmarks/results/accuracy.json"))
@@ -404,9 +428,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="N: choose each method's post-processing on N training images",
     )
     ap.add_argument("--settings", help="JSON written by --sweep-methods: per-method settings")
+    ap.add_argument(
+        "--compare", nargs=2, metavar="FILE:METHOD",
+        help="print the paired per-image difference A - B of two rows of result JSONs, exit",
+    )  # fmt: skip
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="test-time KEY VALUE overrides")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.compare:
+        d = compare(*args.compare)
+        print(f"{args.compare[0]} - {args.compare[1]}: {d['mean']:+.4f} "
+              f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], better/worse {d['better']}/"
+              f"{d['worse']} of {d['n']}")  # fmt: skip
+        return d
+    if not args.model_dir:
+        ap.error("--model-dir is required (except with --compare)")
     if args.sweep_train:
         from nucdet.data.register import register_all
         from nucdet.io.atomic import atomic_write_json
@@ -477,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": {},
     }
     t0 = time.perf_counter()
-    base = score_dataset(args.dataset, sigma=SIGMA, min_size=MIN_SIZE, seed_spacing=SEED_SPACING)
+    base = score_dataset(args.dataset)
     out["seconds"]["watershed"] = round(time.perf_counter() - t0, 1)
     out["commands"]["watershed"] = f"benchmarks/baseline_watershed.py --dataset {args.dataset}"
     out["results"]["watershed"] = {

@@ -84,6 +84,9 @@ def test_tune_scores_each_setting_like_a_single_run(registered):
     rows = tune("dsb2018_sample_val", 8, grid)
     assert [r["MaP-IoU"] for r in rows] == sorted((r["MaP-IoU"] for r in rows), reverse=True)
     assert {r["sigma"] for r in rows} == {0.0, 1.0}
+    # no parameters: the module's tuned defaults, recorded with the result
+    default = score_dataset("dsb2018_sample_val")
+    assert default["params"] == {"sigma": 0.25, "min_size": 30, "seed_spacing": 0.5}
     for r in rows:
         alone = score_dataset("dsb2018_sample_val", sigma=r["sigma"], min_size=10, seed_spacing=0.5)
         assert alone["n_images"] == 8

@@ -7,7 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_accuracy import paired_difference  # noqa: E402
+import json  # noqa: E402
+
+from bench_accuracy import compare, paired_difference  # noqa: E402
 
 
 def test_constant_difference_has_a_zero_width_interval():
@@ -51,3 +53,26 @@ def test_settings_opts_take_each_methods_best_row():
     assert opts["recipe"] == ["POSTPROCESS.MASK_THRESH", "0.5", "POSTPROCESS.SCORE_THRESH",
                               "[0.8]", "POSTPROCESS.MIN_AREA", "[15]"]  # fmt: skip
     assert opts["ensemble"][1::2] == ["0.4", "[0.6]", "[0]"]
+
+
+def test_compare_rows_of_two_result_files(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"results": {"recipe": {"per_image": {"x": 0.5, "y": 0.7, "z": 0.4}}}}))
+    b.write_text(
+        json.dumps({"results": {"watershed": {"per_image": {"x": 0.3, "y": 0.7, "z": 0.5}}}})
+    )
+    d = compare(f"{a}:recipe", f"{b}:watershed")
+    # by hand: differences +0.2, 0, -0.1
+    assert d["mean"] == pytest.approx(0.1 / 3)
+    assert (d["better"], d["worse"], d["n"]) == (1, 1, 3)
+    assert compare(f"{b}:watershed", f"{a}:recipe")["mean"] == pytest.approx(-0.1 / 3)
+    with pytest.raises(KeyError, match="no method 'second'"):
+        compare(f"{a}:second", f"{b}:watershed")
+
+
+def test_compare_refuses_different_images(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"results": {"m": {"per_image": {"x": 0.5, "y": 0.7}}}}))
+    b.write_text(json.dumps({"results": {"m": {"per_image": {"x": 0.5}}}}))
+    with pytest.raises(ValueError, match="different images"):
+        compare(f"{a}:m", f"{b}:m")
