@@ -1,9 +1,13 @@
 # nucdet: set-up, demo and tests. `make demo` and `make test` create the environment first.
-# DETECTRON2: what pip installs for detectron2. Default: the PyPI wheel. Use
+# DETECTRON2: where detectron2 comes from. Default `source`: the official source at the commit
+# pinned in nucdet/__about__.py, compiled once per machine (cached wheel, see
+# scripts/build_detectron2.sh). Or:
 #   make setup DETECTRON2=none                 (keep the detectron2 you already have in the venv)
-#   make setup DETECTRON2=/path/to/detectron2  (your own source build / wheel)
+#   make setup DETECTRON2=/path/to/detectron2  (your own source build / wheel / git URL)
+#   make setup NUCDET_PYTHON=3.12              (Python 3.12 instead of the default 3.11)
 VENV        ?= .venv
-DETECTRON2  ?= sal-detectron2==0.7.2
+DETECTRON2  ?= source
+NUCDET_PYTHON ?= 3.11
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.nucdet-setup
 DEMO_OUT    ?= output/demo
@@ -13,8 +17,9 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): requirements-torch.txt requirements.txt requirements-dev.txt pyproject.toml scripts/setup_env.sh
-	@VENV="$(VENV)" DETECTRON2="$(DETECTRON2)" bash scripts/setup_env.sh
+$(STAMP): requirements-torch.txt requirements.txt requirements-dev.txt requirements-lock.txt \
+		pyproject.toml scripts/setup_env.sh scripts/build_detectron2.sh nucdet/__about__.py
+	@VENV="$(VENV)" DETECTRON2="$(DETECTRON2)" NUCDET_PYTHON="$(NUCDET_PYTHON)" bash scripts/setup_env.sh
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,3 +1,5 @@
 """nucdet: Detectron2-based experiment framework for cell and nuclei instance segmentation."""
 
-__version__ = "0.1.0"
+from nucdet.__about__ import __version__
+
+__all__ = ["__version__"]

@@ -47,6 +47,8 @@ from nucdet.inference.masks import (
 from nucdet.structures import ImagePrediction, RawDetections
 
 logger = logging.getLogger(__name__)
+# ensemble_boxes' float arithmetic follows NumPy's scalar promotion rules (see _wbf_kernel).
+_NUMPY2 = int(np.__version__.split(".")[0]) >= 2
 
 __all__ = [
     "CONF_TYPES",
@@ -174,8 +176,11 @@ def validate_inputs(
 
 
 @njit_cached
-def _wbf_kernel(b, s, w, thr, gx, gy):  # pragma: no cover - compiled
+def _wbf_kernel(b, s, w, thr, gx, gy, f64_divide):  # pragma: no cover - compiled
     """ensemble_boxes' clustering loop for one label, boxes sorted by descending score.
+
+    ``f64_divide``: the library's ``box[4:] /= conf`` (a float32 array by a float64 scalar)
+    runs in float64 under NumPy 2's scalar promotion (NEP 50) and in float32 under NumPy 1.
 
     Returns the cluster of every box, the clusters' fused boxes and the two stored fields
     the library's final rescaling reads (score field and weight field of its rows).
@@ -238,9 +243,10 @@ def _wbf_kernel(b, s, w, thr, gx, gy):  # pragma: no cover - compiled
             conf[k] += sc
             wsum[k] += w[i]
             cnt[k] += 1
-            fconf = np.float64(np.float32(conf[k]))
+            # NumPy 1: float32 box / float32(conf), exact via float64 (53 >= 2 * 24 + 2
+            # bits); NumPy 2: float64 division, rounded to the float32 array.
+            fconf = conf[k] if f64_divide else np.float64(np.float32(conf[k]))
             for j in range(4):
-                # float32 box / float32(conf); exact via float64 (53 >= 2 * 24 + 2 bits).
                 cbox[k, j] = np.float64(np.float32(np.float64(acc[k, j]) / fconf))
             f_score[k] = np.float64(np.float32(conf[k] / cnt[k]))
             f_weight[k] = np.float64(np.float32(wsum[k]))
@@ -413,6 +419,7 @@ def _cluster_parts(
             float(iou_thr),
             _grid_size(ob[:, 2] - ob[:, 0]),
             _grid_size(ob[:, 3] - ob[:, 1]),
+            _NUMPY2,
         )
         k = len(cbox)
         by_cluster = np.argsort(cluster_of, kind="stable")  # join order within a cluster

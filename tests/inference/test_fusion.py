@@ -100,7 +100,8 @@ def test_membership_rebuilds_the_librarys_clusters(conf_type):
         )
         assert (np.diff(rows[:, 1]) <= 0).all()  # joined in descending score order
         assert len(set(rows[:, 0])) == 1 and rows[0, 0] == got.labels[k]
-        row = rows[0] if len(rows) == 1 else get_weighted_box(rows, conf_type)
+        # The library stores the weighted box in its float64 ``weighted_boxes`` array.
+        row = rows[0] if len(rows) == 1 else get_weighted_box(rows, conf_type).astype(np.float64)
         np.testing.assert_array_equal(row[4:], ref_b[k])
         models = np.unique(rows[:, 3]).astype(int)
         if conf_type == "box_and_model_avg":
