@@ -7,13 +7,15 @@
 # the same machine installs it without compiling. Where the source comes from, first match:
 #   $D2_SOURCE                      a source folder, a tarball or a pip URL (git+https://...@commit)
 #   the upstream git URL at the commit, when it can be reached
-#   $NUCDET_VENDOR/ or ../shared/vendor/detectron2-<commit12>.tar.gz  (git archive of the commit)
+#   detectron2-<commit12>.tar.gz (a git archive of the commit) in $NUCDET_VENDOR if set, else in
+#   ../shared/vendor/ (the developers' machines)
+# D2_REPO_URL overrides the upstream URL (a mirror).
 # The wheel's version is 0.6+git<commit12>.torch<torch release> (detectron2's D2_VERSION_SUFFIX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${PY:?PY must name the environment python}"
 COMMIT=$(sed -n 's/^DETECTRON2_COMMIT = "\([0-9a-f]\{40\}\)".*/\1/p' nucdet/__about__.py)
-REPO_URL=$(sed -n 's/^DETECTRON2_REPO = "\(.*\)"$/\1/p' nucdet/__about__.py)
+REPO_URL=${D2_REPO_URL:-$(sed -n 's/^DETECTRON2_REPO = "\(.*\)"$/\1/p' nucdet/__about__.py)}
 [ -n "$COMMIT" ] && [ -n "$REPO_URL" ] || { echo "nucdet: no DETECTRON2_COMMIT in nucdet/__about__.py" >&2; exit 1; }
 SHORT=${COMMIT:0:12}
 TORCH=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
@@ -49,11 +51,21 @@ MSG
   trap 'rm -rf "$tmp"' EXIT
   src=""
   vendor=""
-  for d in "${NUCDET_VENDOR:-}" ../shared/vendor; do
-    if [ -n "$d" ] && [ -f "$d/detectron2-$SHORT.tar.gz" ]; then vendor="$d/detectron2-$SHORT.tar.gz"; break; fi
-  done
+  vdir=${NUCDET_VENDOR:-../shared/vendor}
+  if [ -f "$vdir/detectron2-$SHORT.tar.gz" ]; then vendor="$vdir/detectron2-$SHORT.tar.gz"; fi
   if [ -n "${D2_SOURCE:-}" ]; then
+    # The wheel will be labelled with the pinned commit: the source must be that commit.
     src=$D2_SOURCE
+    case "$src" in
+      *.tar.gz|*.tgz) got=$(gzip -dc "$src" | git get-tar-commit-id 2>/dev/null || true) ;;
+      git+*) got=${src##*@} ;;
+      *) got=$(git -C "$src" rev-parse HEAD 2>/dev/null || true) ;;
+    esac
+    if [ "$got" != "$COMMIT" ]; then
+      echo "nucdet: D2_SOURCE=$src is not detectron2 commit $COMMIT (it is: '${got:-unknown}');" \
+        "for another detectron2 use make setup DETECTRON2=$src" >&2
+      exit 1
+    fi
     echo "nucdet: detectron2 source: D2_SOURCE=$src"
   elif timeout 30 env GIT_TERMINAL_PROMPT=0 git ls-remote "$REPO_URL" HEAD >/dev/null 2>&1; then
     src="git+$REPO_URL@$COMMIT"
@@ -71,7 +83,7 @@ MSG
     cat >&2 <<MSG
 nucdet: cannot get the detectron2 source (commit $COMMIT):
   - $REPO_URL cannot be reached from here, and
-  - no detectron2-$SHORT.tar.gz in \$NUCDET_VENDOR or ../shared/vendor/.
+  - no detectron2-$SHORT.tar.gz in $vdir/ (\$NUCDET_VENDOR, default ../shared/vendor).
 Either give network access to GitHub, or put the commit's 'git archive' there
 (git -C detectron2 archive --prefix=detectron2/ -o detectron2-$SHORT.tar.gz $COMMIT),
 or point to a source tree / wheel: make setup D2_SOURCE=/path/to/detectron2 (or DETECTRON2=wheel).

@@ -47,6 +47,8 @@ case "$DETECTRON2" in
     echo "nucdet: installing detectron2 from '$DETECTRON2'"
     pip_install -q "$DETECTRON2" "${CONS[@]}" ;;
 esac
+# What the environment test checks detectron2 against (tests/test_environment.py).
+echo "$DETECTRON2" > "$VENV/.nucdet-detectron2"
 pip_install -q --no-deps -e .
 DETECTRON2="$DETECTRON2" "$PY" - "$(( $(date +%s) - start ))" <<'PY'
 import importlib.metadata as md

@@ -2,18 +2,23 @@
 
     python -m nucdet.tools.kaggle_bundle --model-dir output/r50 [--model-dir output/x101] \
         [--ensemble configs/ensembles/r50_x101.yaml] --output dist/nucdet-bundle \
-        [--wheels-from wheelhouse/] [--offline] [--exclude 'numpy'] [--force]
+        [--python-version 3.11] [--wheels-from wheelhouse/] [--offline] [--force]
     make kaggle-bundle BUNDLE_ARGS="--model-dir output/r50 --output dist/nucdet-bundle"
 
-The folder holds:
+It is made for an image that is not ours: its Python and its torch are the image's. The
+folder holds:
 
-- ``wheels/``: the nucdet wheel, the detectron2 wheel that is installed here
-  (``sal-detectron2``), and every other distribution those two need, at the versions
-  installed here, except the ``--exclude`` patterns (default: the torch family, which the
-  Kaggle GPU image provides with its CUDA build). Each wheel comes from ``--wheels-from``
-  folders first, else the package registry (``pip wheel --no-deps``, which also builds
-  wheels of sdist-only packages), else (``--offline``, or when the registry fails) it is
-  repacked from the installed files (``RECORD``), which needs no network at all.
+- ``wheels/``: the nucdet wheel and every distribution nucdet and detectron2 need, at the
+  versions installed here, as wheels for the target Python (``--python-version``, default
+  3.11; pure wheels where the registry has them), except the torch family
+  (``--exclude``), which the bundle never carries; plus what building detectron2 needs
+  (setuptools, wheel, ninja). See ``nucdet.tools.bundle_wheels``.
+- ``detectron2/``: the source of the pinned detectron2 commit (``git archive`` tarball,
+  ``--detectron2-source`` or found next to the repository / in the cache) and, when the
+  detectron2 installed here is a build of that commit for the target Python, its wheel.
+  The notebook installs that wheel only when the image's torch is the release it was built
+  against (read from the wheel's version, ``0.6+git<commit>.torch<release>``), and otherwise
+  builds detectron2 from the carried source against the image's torch.
 - ``models/<name>/``: ``config.yaml`` and the weights (best, else final, else last
   checkpoint) stripped to the model state (no optimizer: a third of the size).
 - ``ensembles/<name>.yaml``: the ``--ensemble`` YAML with its model paths rewritten to
@@ -22,41 +27,42 @@ The folder holds:
   the notebook runs them as scripts with the installed nucdet).
 - ``kaggle_submission.ipynb`` (a copy of notebooks/kaggle_submission.ipynb) and
   ``bundle.json``: the manifest the notebook reads (what to install, the models, the
-  inference command templates, the torch/Python versions the bundle was built against).
-
-Only Linux x86_64 with the same Python minor version as this environment can install the
-compiled wheels (nucdet requires Python 3.10). detectron2's compiled ops must match the
-torch the Kaggle image provides; the notebook checks both and says so when they differ.
+  inference command templates, the target Python, the detectron2 commit and wheels).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import fnmatch
-import hashlib
-import importlib.metadata as md
-import io
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from packaging.markers import default_environment
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.version import InvalidVersion, Version
 
+from nucdet.__about__ import DETECTRON2_COMMIT
 from nucdet.io.atomic import atomic_open, atomic_write_json
+from nucdet.tools.bundle_wheels import (
+    BUILD_REQUIRES,
+    DEFAULT_EXCLUDE,
+    DEFAULT_GLIBC,
+    build_nucdet_wheel,
+    collect_wheels,
+    detectron2_source,
+    detectron2_wheel,
+    installed_distributions,
+    manylinux_platforms,
+    parse_python_version,
+    parse_wheel_name,
+    requirement_closure,
+)
 from nucdet.tools.report import load_config_flat
 
 logger = logging.getLogger(__name__)
@@ -65,313 +71,12 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "kaggle_submission.ipynb"
 SCRIPTS = ("infer.py", "ensemble_infer.py")
 MANIFEST = "bundle.json"
-# Provided by the Kaggle GPU image (its CUDA builds must not be replaced by ours).
-DEFAULT_EXCLUDE = ("torch", "torchvision", "torchaudio", "triton", "nvidia-*")
-# dist-info files an installer writes; a rebuilt wheel must not carry them.
-INSTALLER_FILES = {"INSTALLER", "REQUESTED", "direct_url.json", "RECORD"}
 PLACEHOLDER = "{bundle}"
-
-
-def normalize(name: str) -> str:
-    """PEP 503 project name normalisation (``Sal_Detectron2`` -> ``sal-detectron2``)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-# ---- which distributions ---------------------------------------------------------------------
-
-
-def installed_distributions() -> dict[str, md.Distribution]:
-    """Installed distributions by normalised name (first on sys.path wins, as for imports)."""
-    out: dict[str, md.Distribution] = {}
-    for d in md.distributions():
-        name = d.metadata["Name"]
-        if name and normalize(name) not in out:
-            out[normalize(name)] = d
-    return out
-
-
-def distribution_of(module: str) -> str:
-    """Name of the installed distribution providing top-level ``module``."""
-    names = md.packages_distributions().get(module)
-    if not names:
-        raise LookupError(f"no installed distribution provides the module {module!r}")
-    return normalize(names[0])
-
-
-def requirement_closure(
-    roots: Sequence[tuple[str, Sequence[str]]],
-    exclude: Sequence[str] = DEFAULT_EXCLUDE,
-    installed: dict[str, md.Distribution] | None = None,
-) -> dict[str, str]:
-    """Every installed distribution needed by ``roots`` ([(name, requirement strings)]),
-    as {normalised name: installed version}, without the ``exclude`` glob patterns and
-    without following their requirements. Environment markers are evaluated here."""
-    installed = installed_distributions() if installed is None else installed
-    env = default_environment()
-    out: dict[str, str] = {}
-
-    def excluded(name: str) -> bool:
-        return any(fnmatch.fnmatch(name, normalize(p)) for p in exclude)
-
-    def visit(requires: Iterable[str], extras: set[str], parent: str) -> None:
-        for text in requires:
-            try:
-                req = Requirement(text)
-            except InvalidRequirement as e:
-                raise ValueError(f"{parent}: invalid requirement {text!r}: {e}") from e
-            if req.marker is not None:
-                if not any(req.marker.evaluate({**env, "extra": x}) for x in extras or {""}):
-                    continue
-            name = normalize(req.name)
-            if excluded(name) or name in out:
-                continue
-            dist = installed.get(name)
-            if dist is None:
-                raise LookupError(f"{parent} needs {text!r}, which is not installed here")
-            if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
-                raise LookupError(f"{parent} needs {text!r} but {name} {dist.version} is installed")
-            out[name] = dist.version
-            visit(dist.requires or [], set(req.extras), f"{name} {dist.version}")
-
-    for name, requires in roots:
-        visit(requires, set(), name)
-    return out
-
-
-# ---- where the wheels come from ---------------------------------------------------------------
-
-
-def parse_wheel_name(filename: str) -> tuple[str, str] | None:
-    """(normalised name, version) of a ``.whl`` file name, or None if it is not one."""
-    if not filename.endswith(".whl"):
-        return None
-    parts = filename[:-4].split("-")
-    if len(parts) not in (5, 6):
-        return None
-    return normalize(parts[0]), parts[1]
-
-
-def _same_version(a: str, b: str) -> bool:
-    try:
-        return Version(a) == Version(b)
-    except InvalidVersion:
-        return a == b
-
-
-def find_local_wheel(dirs: Sequence[Path], name: str, version: str) -> Path | None:
-    """A wheel of ``name==version`` in one of ``dirs`` (first match, sorted file names)."""
-    for d in dirs:
-        for p in sorted(Path(d).glob("*.whl")):
-            parsed = parse_wheel_name(p.name)
-            if parsed and parsed[0] == name and _same_version(parsed[1], version):
-                return p
-    return None
-
-
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-    return "sha256=" + digest.decode()
-
-
-def _write_wheel(path: Path, files: Iterable[tuple[str, bytes]], dist_info: str) -> Path:
-    """Write a wheel zip with a fresh RECORD (``files`` exclude RECORD), atomically."""
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-        for arcname, data in files:
-            z.writestr(arcname, data)
-            writer.writerow([arcname, _record_hash(data), len(data)])
-        writer.writerow([f"{dist_info}/RECORD", "", ""])
-        z.writestr(f"{dist_info}/RECORD", record.getvalue())
-    return path
-
-
-def _wheel_tag(wheel_text: str, source: str) -> str:
-    """The compressed tag set (``cp310-cp310-manylinux_2_17_x86_64``) of a WHEEL file."""
-    tags = [
-        line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")
-    ]
-    if not tags:
-        raise ValueError(f"{source}: WHEEL file has no Tag line")
-    parts = [t.split("-") for t in tags]
-    return "-".join(".".join(dict.fromkeys(p[i] for p in parts)) for i in range(3))
-
-
-def repack_installed(dist: md.Distribution, dest: Path) -> Path:
-    """Rebuild the wheel of an installed distribution from the files its RECORD lists.
-
-    Byte-compiled files and installer metadata are left out; console scripts are
-    regenerated by pip from entry_points.txt, so files installed outside site-packages
-    (bin/) are dropped. Editable installs and installs without a WHEEL file (old
-    ``setup.py install``) cannot be repacked: LookupError.
-    """
-    name = dist.metadata["Name"]
-    wheel_text = dist.read_text("WHEEL")
-    if not wheel_text or not dist.files:
-        raise LookupError(
-            f"{name} {dist.version}: installed without a wheel record; "
-            "give its wheel with --wheels-from"
-        )
-    if dist.read_text("direct_url.json") and '"editable": true' in dist.read_text(
-        "direct_url.json"
-    ):
-        raise LookupError(f"{name} {dist.version} is an editable install: build its wheel")
-    dist_info = next(
-        (str(f).split("/")[0] for f in dist.files if str(f).endswith(".dist-info/METADATA")), None
-    )
-    if dist_info is None:
-        raise LookupError(f"{name} {dist.version}: no .dist-info/METADATA in its RECORD")
-    files: list[tuple[str, bytes]] = []
-    for f in dist.files:
-        rel = str(f)
-        if rel.startswith("..") or rel.endswith(".pyc") or "__pycache__" in rel:
-            continue
-        if rel.startswith(dist_info + "/") and rel.split("/", 1)[1] in INSTALLER_FILES:
-            continue
-        path = Path(dist.locate_file(f))
-        if not path.is_file():
-            raise LookupError(f"{name} {dist.version}: {path} from its RECORD is missing")
-        files.append((rel, path.read_bytes()))
-    filename = f"{re.sub(r'[-_.]+', '_', name)}-{dist.version}-{_wheel_tag(wheel_text, name)}.whl"
-    return _write_wheel(dest / filename, files, dist_info)
-
-
-def registry_wheels(specs: Sequence[str], dest: Path) -> None:
-    """``pip wheel --no-deps`` of ``specs`` into ``dest`` (downloads wheels, builds sdists)."""
-    if not specs:
-        return
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--disable-pip-version-check",
-        "--progress-bar",
-        "off",
-        "-q",
-        "-w",
-        str(dest),
-        *specs,
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"pip wheel {' '.join(specs)} failed:\n{res.stderr[-2000:]}")
-
-
-def collect_wheels(
-    pins: dict[str, str],
-    dest: Path,
-    wheels_from: Sequence[Path] = (),
-    offline: bool = False,
-    installed: dict[str, md.Distribution] | None = None,
-) -> list[dict[str, str]]:
-    """One wheel per pinned distribution in ``dest``; returns [{name, version, file, source}]."""
-    installed = installed_distributions() if installed is None else installed
-    dest.mkdir(parents=True, exist_ok=True)
-    found: dict[str, tuple[Path, str]] = {}
-    for name, version in pins.items():
-        local = find_local_wheel(wheels_from, name, version)
-        if local is not None:
-            found[name] = (Path(shutil.copy2(local, dest / local.name)), f"local:{local.parent}")
-    missing = [n for n in pins if n not in found]
-    if missing and not offline:
-        with tempfile.TemporaryDirectory(prefix="nucdet-wheels-") as tmp:
-            specs = [f"{n}=={pins[n]}" for n in missing]
-            try:
-                registry_wheels(specs, Path(tmp))
-            except RuntimeError as e:
-                # One bad spec fails the batch: retry one by one to keep the others.
-                logger.warning("%s; retrying one package at a time", str(e).splitlines()[0])
-                for spec in specs:
-                    try:
-                        registry_wheels([spec], Path(tmp))
-                    except RuntimeError as e1:
-                        logger.warning("registry: %s", str(e1).splitlines()[0])
-            for p in Path(tmp).glob("*.whl"):
-                parsed = parse_wheel_name(p.name)
-                if parsed and parsed[0] in pins and _same_version(parsed[1], pins[parsed[0]]):
-                    found[parsed[0]] = (Path(shutil.move(str(p), dest / p.name)), "registry")
-    for name in (n for n in pins if n not in found):
-        if name not in installed:
-            raise LookupError(f"{name}=={pins[name]}: no wheel found and not installed here")
-        logger.info("repacking installed %s %s", name, pins[name])
-        found[name] = (repack_installed(installed[name], dest), "installed")
-    return [
-        {"name": n, "version": pins[n], "file": found[n][0].name, "source": found[n][1]}
-        for n in sorted(pins)
-    ]
-
-
-# ---- the nucdet wheel -------------------------------------------------------------------------
-
-
-def _read_pyproject(src: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    return tomllib.loads((src / "pyproject.toml").read_text())
-
-
-def write_pure_wheel(src: Path, dest: Path) -> Path:
-    """The nucdet wheel written directly from the source tree, without a build backend.
-
-    Used offline (a PEP 517 build needs setuptools and wheel from an index). Same content
-    as setuptools' build with ``packages.find include = ["nucdet*"]`` (namespaces on): every
-    ``.py`` file below ``nucdet/``; metadata from pyproject.toml.
-    """
-    project = _read_pyproject(src)["project"]
-    name, version = project["name"], project["version"]
-    dist_info = f"{name}-{version}.dist-info"
-    meta = [
-        "Metadata-Version: 2.1",
-        f"Name: {name}",
-        f"Version: {version}",
-        f"Summary: {project.get('description', '')}",
-    ]
-    if "requires-python" in project:
-        meta.append(f"Requires-Python: {project['requires-python']}")
-    meta += [f"Requires-Dist: {r}" for r in project.get("dependencies", [])]
-    files = [
-        (p.relative_to(src).as_posix(), p.read_bytes())
-        for p in sorted((src / "nucdet").rglob("*.py"))
-        if "__pycache__" not in p.parts
-    ]
-    files += [
-        (f"{dist_info}/METADATA", ("\n".join(meta) + "\n").encode()),
-        (
-            f"{dist_info}/WHEEL",
-            b"Wheel-Version: 1.0\nGenerator: nucdet.tools.kaggle_bundle\n"
-            b"Root-Is-Purelib: true\nTag: py3-none-any\n",
-        ),
-        (f"{dist_info}/top_level.txt", b"nucdet\n"),
-    ]
-    return _write_wheel(dest / f"{name}-{version}-py3-none-any.whl", files, dist_info)
-
-
-def build_nucdet_wheel(src: Path, dest: Path, offline: bool = False) -> Path:
-    """``pip wheel --no-deps`` of a copy of the source tree (the build writes build/ and
-    egg-info next to the sources), or ``write_pure_wheel`` when offline."""
-    if not (src / "pyproject.toml").is_file() or not (src / "nucdet").is_dir():
-        raise FileNotFoundError(f"{src}: not the nucdet source tree (pyproject.toml, nucdet/)")
-    if offline:
-        return write_pure_wheel(src, dest)
-    with tempfile.TemporaryDirectory(prefix="nucdet-src-") as tmp:
-        copy = Path(tmp) / "src"
-        copy.mkdir()
-        for item in ("pyproject.toml", "README.md", "LICENSE"):
-            if (src / item).is_file():
-                shutil.copy2(src / item, copy / item)
-        shutil.copytree(
-            src / "nucdet", copy / "nucdet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
-        out = Path(tmp) / "out"
-        registry_wheels([str(copy)], out)
-        wheels = list(out.glob("nucdet-*.whl"))
-        if len(wheels) != 1:
-            raise RuntimeError(f"pip wheel built {wheels} instead of one nucdet wheel")
-        return Path(shutil.move(str(wheels[0]), dest / wheels[0].name))
+# The set-up's detectron2 wheel cache (scripts/build_detectron2.sh) and source cache.
+WHEEL_CACHE = Path(
+    os.environ.get("NUCDET_WHEEL_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nucdet" / "wheels"
+)
 
 
 # ---- models and ensembles ----------------------------------------------------------------------
@@ -543,6 +248,13 @@ def commands() -> dict[str, list[str]]:
     }
 
 
+def vendor_dirs(source: Path) -> list[Path]:
+    """Where a detectron2 source tarball may lie: ``$NUCDET_VENDOR``, then the ``shared/vendor``
+    folder beside the source tree (the developers' machines)."""
+    dirs = [Path(os.environ["NUCDET_VENDOR"])] if os.environ.get("NUCDET_VENDOR") else []
+    return [*dirs, source.parent / "shared" / "vendor"]
+
+
 def build_bundle(
     model_dirs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -553,6 +265,9 @@ def build_bundle(
     source: str | os.PathLike = REPO,
     notebook: str | os.PathLike = NOTEBOOK,
     force: bool = False,
+    python_version: str = "3.11",
+    glibc: tuple[int, int] = DEFAULT_GLIBC,
+    detectron2_src: str | os.PathLike | None = None,
 ) -> Path:
     """Build the bundle folder (see the module docstring); returns the manifest path.
 
@@ -560,6 +275,7 @@ def build_bundle(
     end, so an interrupted build never leaves a half bundle under the final name.
     """
     output, source = Path(output).resolve(), Path(source).resolve()
+    python = parse_python_version(python_version)
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists (use --force to replace it)")
     if not model_dirs and ensemble is None:
@@ -576,6 +292,9 @@ def build_bundle(
             exclude,
             source,
             Path(notebook),
+            python,
+            manylinux_platforms(glibc),
+            detectron2_src,
         )
         if output.exists():
             shutil.rmtree(output)
@@ -584,9 +303,10 @@ def build_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info(
-        "bundle: %s (%d wheels, models %s)",
+        "bundle: %s (%d wheels, detectron2 wheels for torch %s, models %s)",
         output,
         len(manifest["wheels"]),
+        [w["torch"] for w in manifest["detectron2"]["wheels"]] or "none (source only)",
         ", ".join(m["name"] for m in manifest["models"]),
     )
     return output / MANIFEST
@@ -601,6 +321,9 @@ def _assemble(
     exclude: Sequence[str],
     source: Path,
     notebook: Path,
+    python: tuple[int, int],
+    platforms: list[str],
+    detectron2_src: str | os.PathLike | None,
 ) -> dict[str, Any]:
     for d in model_dirs:
         if not d.is_dir():
@@ -626,22 +349,31 @@ def _assemble(
         info = bundle_model(d, out / "models" / name, weights=ensemble_weights.get(d))
         manifest["models"].append({"name": name, "dir": f"models/{name}", **info})
 
+    # detectron2: the pinned source always, this machine's wheel when it fits the target.
+    d2_dir = out / "detectron2"
+    d2_dir.mkdir()
+    tarball = detectron2_source(detectron2_src, vendor_dirs(source), WHEEL_CACHE.parent / "src")
+    shutil.copy2(tarball, d2_dir / tarball.name)
+    installed = installed_distributions()
+    d2_wheel = detectron2_wheel(installed, WHEEL_CACHE, d2_dir, python)
+    if "detectron2" not in installed:
+        raise LookupError("detectron2 is not installed here: its requirements cannot be listed")
+
     wheels = out / "wheels"
     wheels.mkdir()
-    nucdet_whl = build_nucdet_wheel(source, wheels, offline=offline)
-    nucdet_name, nucdet_version = parse_wheel_name(nucdet_whl.name)
+    nucdet_whl = build_nucdet_wheel(source, wheels)
+    nucdet_name, nucdet_version, _ = parse_wheel_name(nucdet_whl.name)
     with zipfile.ZipFile(nucdet_whl) as z:
         meta = z.read(f"nucdet-{nucdet_version}.dist-info/METADATA").decode()
     nucdet_requires = [
         ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("Requires-Dist:")
     ]
-    installed = installed_distributions()
-    d2 = distribution_of("detectron2")
-    d2_version = installed[d2].version
+    d2_requires = installed["detectron2"].requires or []
     pins = requirement_closure(
-        [("nucdet", nucdet_requires), ("detectron2", [f"{d2}=={d2_version}"])],
+        [("nucdet", nucdet_requires), ("detectron2", d2_requires), ("build", BUILD_REQUIRES)],
         exclude=exclude,
         installed=installed,
+        python=python,
     )
     pins.pop(nucdet_name, None)
     manifest["wheels"] = [
@@ -651,10 +383,16 @@ def _assemble(
             "file": nucdet_whl.name,
             "source": "built",
         },
-        *collect_wheels(pins, wheels, wheels_from, offline, installed),
+        *collect_wheels(pins, wheels, python, platforms, wheels_from, offline, installed),
     ]
-    manifest["install"] = [f"{nucdet_name}=={nucdet_version}", f"{d2}=={d2_version}"]
+    manifest["install"] = [f"{nucdet_name}=={nucdet_version}"]
     manifest["excluded"] = list(exclude)
+    manifest["detectron2"] = {
+        "commit": DETECTRON2_COMMIT,
+        "source": f"detectron2/{tarball.name}",
+        "wheels": [{**d2_wheel, "file": f"detectron2/{d2_wheel['file']}"}] if d2_wheel else [],
+        "build_requires": [f"{n}=={pins[n]}" for n in map(str, BUILD_REQUIRES) if n in pins],
+    }
 
     (out / "scripts").mkdir()
     manifest["scripts"] = []
@@ -669,11 +407,13 @@ def _assemble(
     shutil.copy2(notebook, out / notebook.name)
     manifest.update(
         commands=commands(),
-        python=f"{sys.version_info.major}.{sys.version_info.minor}",
-        platform=sys.platform,
-        torch=installed["torch"].version.split("+")[0] if "torch" in installed else None,
-        torchvision=installed["torchvision"].version if "torchvision" in installed else None,
-        detectron2={"dist": d2, "version": d2_version},
+        python=f"{python[0]}.{python[1]}",
+        platforms=platforms,
+        built_with={
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "torch": installed["torch"].version if "torch" in installed else None,
+            "torchvision": installed["torchvision"].version if "torchvision" in installed else None,
+        },
         nucdet_commit=_git_commit(source),
     )
     atomic_write_json(out / MANIFEST, manifest, indent=1)
@@ -695,6 +435,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ensemble", help="ensemble YAML (its model dirs are bundled too)")
     ap.add_argument("--output", required=True, help="bundle folder to create")
     ap.add_argument(
+        "--python-version",
+        default="3.11",
+        help="Python of the target image, MAJOR.MINOR (default 3.11): the wheels are for it",
+    )
+    ap.add_argument(
+        "--glibc",
+        default=".".join(map(str, DEFAULT_GLIBC)),
+        help="glibc of the target image (default 2.35, Kaggle's Ubuntu 22.04): newest "
+        "manylinux wheels taken",
+    )
+    ap.add_argument(
+        "--detectron2-source",
+        help="git archive tarball of the pinned detectron2 commit (default: found in "
+        "$NUCDET_VENDOR, ../shared/vendor, the cache, else cloned)",
+    )
+    ap.add_argument(
         "--wheels-from",
         action="append",
         default=[],
@@ -703,13 +459,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--offline",
         action="store_true",
-        help="never use the registry: repack installed distributions",
+        help="never use the registry: --wheels-from, else installed distributions repacked "
+        "(only those whose tags fit the target)",
     )
     ap.add_argument(
         "--exclude",
         action="append",
         default=None,
-        help="distribution name pattern the Kaggle image provides (repeatable; "
+        help="distribution name pattern the image provides (repeatable; "
         f"default: {' '.join(DEFAULT_EXCLUDE)})",
     )
     ap.add_argument("--source", default=str(REPO), help="nucdet source tree (pyproject.toml)")
@@ -723,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(
         level=logging.INFO, format="[bundle %(asctime)s] %(message)s", datefmt="%H:%M:%S"
     )
+    glibc = parse_python_version(args.glibc)  # same MAJOR.MINOR form
     return build_bundle(
         args.model_dir,
         args.output,
@@ -733,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         source=args.source,
         notebook=args.notebook,
         force=args.force,
+        python_version=args.python_version,
+        glibc=glibc,
+        detectron2_src=args.detectron2_source,
     )
 
 

@@ -1,5 +1,6 @@
-"""Kaggle bundle pieces that run in seconds: dependency closure, wheels repacked from the
-installed files and the offline nucdet wheel (both installed back with pip --no-index),
+"""Kaggle bundle pieces that run in seconds: dependency closure for a target Python, which
+wheel tags install on it, wheels repacked from the installed files and the nucdet wheel
+built offline (both installed back with pip --no-index), the detectron2 source check,
 ensemble path rewriting, the bundle layout and the notebook's parameters cell.
 The full bundle + notebook run is test_kaggle_bundle_notebook.py (slow)."""
 
@@ -15,8 +16,26 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from packaging.requirements import Requirement
+from packaging.tags import Tag
 
+from nucdet.__about__ import DETECTRON2_COMMIT, parse_detectron2_version
+from nucdet.tools import bundle_wheels as bw
 from nucdet.tools import kaggle_bundle as kb
+
+
+def fake_detectron2_source(path: Path, commit: str = DETECTRON2_COMMIT) -> Path:
+    """A tarball that says, like ``git archive``, which commit it holds (pax comment)."""
+    import io
+    import tarfile
+
+    pax = {"comment": commit}
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT, pax_headers=pax) as t:
+        data = b"# setup.py\n"
+        info = tarfile.TarInfo("detectron2/setup.py")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return path
 
 
 def pip_install_target(wheel: Path, target: Path) -> None:
@@ -39,9 +58,9 @@ def pip_install_target(wheel: Path, target: Path) -> None:
 
 
 def test_closure_pins_installed_versions_and_skips_the_torch_family():
-    installed = kb.installed_distributions()
-    d2 = kb.distribution_of("detectron2")
-    pins = kb.requirement_closure(
+    installed = bw.installed_distributions()
+    d2 = bw.distribution_of("detectron2")
+    pins = bw.requirement_closure(
         [("nucdet", md.requires("nucdet") or []), ("detectron2", [d2])], installed=installed
     )
     for name in (
@@ -62,16 +81,74 @@ def test_closure_pins_installed_versions_and_skips_the_torch_family():
     # Requirements behind an extra that nobody asked for are not followed.
     assert "fairscale" not in pins and "timm" not in pins
     with pytest.raises(LookupError, match="not installed"):
-        kb.requirement_closure([("x", ["surely-not-installed-pkg"])], installed=installed)
+        bw.requirement_closure([("x", ["surely-not-installed-pkg"])], installed=installed)
     with pytest.raises(LookupError, match="is installed"):
-        kb.requirement_closure([("x", ["numpy>=99"])], installed=installed)
+        bw.requirement_closure([("x", ["numpy>=99"])], installed=installed)
+    # Markers are evaluated for the TARGET Python, not this one.
+    req = ['tabulate; python_version < "3.12"']
+    assert bw.requirement_closure([("x", req)], installed=installed, python=(3, 11)) == {
+        "tabulate": installed["tabulate"].version
+    }
+    assert bw.requirement_closure([("x", req)], installed=installed, python=(3, 12)) == {}
+
+
+def test_target_tags_decide_which_wheels_install():
+    plats = bw.manylinux_platforms((2, 35))
+    assert plats[0] == "manylinux_2_35_x86_64" and "manylinux2014_x86_64" in plats
+    assert "manylinux_2_36_x86_64" not in plats and "manylinux_2_17_x86_64" in plats
+    t311, t312 = bw.target_tags((3, 11), plats), bw.target_tags((3, 12), plats)
+    pure = "tabulate-0.9.0-py3-none-any.whl"
+    cp311 = "numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+    abi3 = "grpcio-1.0-cp38-abi3-manylinux_2_17_x86_64.whl"
+    too_new = "x-1.0-cp311-cp311-manylinux_2_39_x86_64.whl"
+    local = "detectron2-0.6-cp311-cp311-linux_x86_64.whl"
+    assert bw.wheel_fits(pure, t311) and bw.wheel_fits(pure, t312)
+    assert bw.wheel_fits(cp311, t311) and not bw.wheel_fits(cp311, t312)
+    assert bw.wheel_fits(abi3, t311) and bw.wheel_fits(abi3, t312)
+    assert not bw.wheel_fits(too_new, t311) and not bw.wheel_fits(local, t311)
+    assert bw.is_pure(pure) and not bw.is_pure(cp311)
+    assert Tag("py3", "none", "any") in t311
+    with pytest.raises(ValueError, match="MAJOR.MINOR"):
+        bw.parse_python_version("3")
+
+
+def test_offline_wheels_for_another_python_only_where_they_fit(tmp_path):
+    """Offline, a pure distribution is repacked for any target; a compiled one only for
+    this Python; what does not fit is named in the error."""
+    installed = bw.installed_distributions()
+    plats = bw.manylinux_platforms()
+    pins = {"tabulate": installed["tabulate"].version}
+    got = bw.collect_wheels(pins, tmp_path / "a", (3, 12), plats, offline=True)
+    assert [(w["name"], w["source"]) for w in got] == [("tabulate", "installed")]
+    assert bw.is_pure(got[0]["file"])
+    pins["pycocotools"] = installed["pycocotools"].version
+    with pytest.raises(LookupError, match=r"Python 3\.12.*pycocotools=="):
+        bw.collect_wheels(pins, tmp_path / "b", (3, 12), plats, offline=True)
+    own = (sys.version_info.major, sys.version_info.minor)
+    got = bw.collect_wheels(pins, tmp_path / "c", own, plats, offline=True)
+    assert {w["name"] for w in got} == {"tabulate", "pycocotools"}
+
+
+def test_detectron2_source_is_checked_against_the_pinned_commit(tmp_path):
+    good = fake_detectron2_source(tmp_path / f"detectron2-{DETECTRON2_COMMIT[:12]}.tar.gz")
+    assert bw.tar_commit(good) == DETECTRON2_COMMIT
+    assert bw.detectron2_source(good, [], tmp_path / "cache") == good
+    assert bw.detectron2_source(None, [tmp_path], tmp_path / "cache") == good  # found by name
+    bad = fake_detectron2_source(tmp_path / "other.tar.gz", commit="0" * 40)
+    with pytest.raises(ValueError, match="not of the pinned detectron2 commit"):
+        bw.detectron2_source(bad, [], tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        bw.detectron2_source(tmp_path / "missing.tar.gz", [], tmp_path / "cache")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match="junk.tar.gz: not a readable tarball"):
+        bw.detectron2_source(tmp_path / "junk.tar.gz", [], tmp_path / "cache")
 
 
 @pytest.mark.parametrize("name", ["tabulate", "pycocotools"])
 def test_repacked_wheel_reinstalls_the_same_files(tmp_path, name):
-    dist = kb.installed_distributions()[name]
-    wheel = kb.repack_installed(dist, tmp_path)
-    assert kb.parse_wheel_name(wheel.name) == (name, dist.version)
+    dist = bw.installed_distributions()[name]
+    wheel = bw.repack_installed(dist, tmp_path)
+    assert bw.parse_wheel_name(wheel.name)[:2] == (name, dist.version)
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         record = z.read(next(n for n in names if n.endswith(".dist-info/RECORD"))).decode()
@@ -86,11 +163,15 @@ def test_repacked_wheel_reinstalls_the_same_files(tmp_path, name):
         assert (target / rel).read_bytes() == Path(dist.locate_file(f)).read_bytes(), rel
 
 
-def test_offline_nucdet_wheel_matches_the_source(tmp_path):
-    wheel = kb.write_pure_wheel(REPO, tmp_path)
-    assert wheel.name == "nucdet-0.1.0-py3-none-any.whl"
+def test_nucdet_wheel_is_built_offline_from_the_source(tmp_path):
+    import tomllib
+
+    wheel = bw.build_nucdet_wheel(REPO, tmp_path)  # pip wheel --no-index --no-build-isolation
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    version = project["version"]
+    assert wheel.name == f"nucdet-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as z:
-        meta = z.read("nucdet-0.1.0.dist-info/METADATA").decode()
+        meta = z.read(f"nucdet-{version}.dist-info/METADATA").decode()
         names = set(z.namelist())
     sources = {
         p.relative_to(REPO).as_posix()
@@ -98,9 +179,8 @@ def test_offline_nucdet_wheel_matches_the_source(tmp_path):
         if "__pycache__" not in p.parts
     }
     assert sources <= names
-    project = kb._read_pyproject(REPO)["project"]
     requires = [ln.split(": ", 1)[1] for ln in meta.splitlines() if ln.startswith("Requires-Dist")]
-    assert requires == project["dependencies"]
+    assert [Requirement(r) for r in requires] == [Requirement(d) for d in project["dependencies"]]
     target = tmp_path / "site"
     pip_install_target(wheel, target)
     res = subprocess.run(
@@ -166,9 +246,9 @@ def test_bundle_layout_manifest_and_stripped_weights(tmp_path):
     torch.save({"model": {"w": torch.zeros(2, 3)}, "iteration": 20}, model / "model_best.pth")
     out = tmp_path / "bundle"
     # exclude="*": no dependency wheels, so this stays fast; the slow test does them all.
-    manifest_path = kb.main(
-        ["--model-dir", str(model), "--output", str(out), "--offline", "--exclude", "*"]
-    )
+    src = fake_detectron2_source(tmp_path / "d2.tar.gz")
+    opts = ["--offline", "--exclude", "*", "--detectron2-source", str(src)]
+    manifest_path = kb.main(["--model-dir", str(model), "--output", str(out), *opts])
     manifest = json.loads(manifest_path.read_text())
     assert manifest["models"] == [
         {
@@ -187,17 +267,27 @@ def test_bundle_layout_manifest_and_stripped_weights(tmp_path):
     ).read_text()
     assert [w["name"] for w in manifest["wheels"]] == ["nucdet"]
     assert (out / "wheels" / manifest["wheels"][0]["file"]).is_file()
-    assert manifest["install"][0] == "nucdet==0.1.0"
-    assert (
-        manifest["install"][1]
-        == f"{kb.distribution_of('detectron2')}=={md.version(kb.distribution_of('detectron2'))}"
-    )
-    assert manifest["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    import nucdet
+
+    assert manifest["install"] == [f"nucdet=={nucdet.__version__}"]
+    assert manifest["python"] == "3.11"  # the default target, whatever builds the bundle
+    # detectron2: the pinned source always; this machine's wheel when it is a build of the
+    # pinned commit (the set-up's), labelled with the torch it was built against.
+    d2 = manifest["detectron2"]
+    assert d2["commit"] == DETECTRON2_COMMIT
+    assert (out / d2["source"]).read_bytes() == src.read_bytes()
+    build = parse_detectron2_version(md.version("detectron2"))
+    own = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if build is not None and DETECTRON2_COMMIT.startswith(build["commit"]) and own == "3.11":
+        assert [(w["torch"], w["python"]) for w in d2["wheels"]] == [(build["torch"], own)]
+        assert (out / d2["wheels"][0]["file"]).is_file()
+    else:
+        assert d2["wheels"] == []
     assert (out / "scripts" / "infer.py").read_text() == (REPO / "infer.py").read_text()
     assert (out / "kaggle_submission.ipynb").is_file()
     assert "{model_dir}" in manifest["commands"]["model"]
     with pytest.raises(FileExistsError, match="--force"):
-        kb.main(["--model-dir", str(model), "--output", str(out), "--offline", "--exclude", "*"])
+        kb.main(["--model-dir", str(model), "--output", str(out), *opts])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")], "temp left"
 
 
@@ -273,6 +363,8 @@ def test_ensemble_bundle_rewrites_paths_and_inlines_dataset_normalisation(tmp_pa
                 str(src),
                 "--notebook",
                 str(REPO / "notebooks" / "kaggle_submission.ipynb"),
+                "--detectron2-source",
+                str(fake_detectron2_source(tmp_path / "d2.tar.gz")),
             ]
         ).read_text()
     )

@@ -1,15 +1,22 @@
-"""The offline Kaggle bundle end to end: build it for a tiny model and a flip-TTA ensemble
-of it, then run its notebook headless (nbclient) in a fresh virtual environment that, like
-a Kaggle image, has torch, torchvision and Jupyter but neither nucdet nor detectron2, with
-no package index: once with the single model, once with the ensemble.
+"""The offline Kaggle bundle end to end, on an image that is not ours: build the bundle
+(registry wheels for Python 3.11) for a tiny model and a flip-TTA ensemble of it, then run
+its notebook headless (nbclient) in a fresh virtual environment that, like a Kaggle image,
+has its own torch, torchvision and Jupyter, a torch release DIFFERENT from this
+environment's (torch 2.9.1 + torchvision 0.24.1), no nucdet, no detectron2, every PIP_*
+variable removed and no package index: the notebook must build detectron2 from the
+bundle's source against that torch and write valid submissions, once with the single
+model, once with the ensemble.
 
-Slow (a few minutes: ~300 MB of wheels are repacked and installed): ``make test-slow``.
+Slow (10-20 minutes on 2 cores: the image's torch install, the bundle's wheels, the
+detectron2 compile): ``make test-slow``. The image's torch comes from the registry (pip's
+cache after the first run); override it with NUCDET_TEST_IMAGE_TORCH=2.9.1,0.24.1.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import importlib.metadata as md
 import json
 import os
 import shutil
@@ -24,8 +31,9 @@ from conftest import REPO, SAMPLE_ROOT, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
-# What the Kaggle GPU image provides and our fake base environment exposes.
-BASE_PACKAGES = ["torch", "torchvision", "ipykernel"]
+IMAGE_TORCH, IMAGE_TORCHVISION = os.environ.get(
+    "NUCDET_TEST_IMAGE_TORCH", "2.9.1,0.24.1"
+).split(",")
 
 
 def make_tiny_model_dir(out: Path) -> Path:
@@ -41,24 +49,20 @@ def make_tiny_model_dir(out: Path) -> Path:
     return out
 
 
-def expose_base_packages(site: Path) -> Path:
-    """A folder of symlinks to the installed files of BASE_PACKAGES and their requirements,
-    to be put on the fresh venv's sys.path with a .pth file (what Kaggle's image has)."""
-    from nucdet.tools.kaggle_bundle import installed_distributions, requirement_closure
-
-    installed = installed_distributions()
-    names = requirement_closure([("base", BASE_PACKAGES)], exclude=(), installed=installed)
-    site.mkdir()
-    for name in names:
-        dist = installed[name]
-        for top in {str(f).split("/")[0] for f in dist.files or []}:
-            if top.startswith("..") or top == "__pycache__" or (site / top).exists():
-                continue
-            target = Path(dist.locate_file(top))
-            if target.exists():
-                (site / top).symlink_to(target)
-    assert not (site / "nucdet").exists() and not (site / "detectron2").exists()
-    return site
+def make_image_venv(venv: Path) -> Path:
+    """The "Kaggle image": a fresh venv with its own torch release, torchvision and Jupyter
+    (installed with the machine's usual pip set-up), and neither nucdet nor detectron2."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [
+            str(py), "-m", "pip", "install", "-q", "--progress-bar", "off",
+            "--disable-pip-version-check", f"torch=={IMAGE_TORCH}",
+            f"torchvision=={IMAGE_TORCHVISION}", "ipykernel",
+        ],
+        check=True,
+    )  # fmt: skip
+    return py
 
 
 def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
@@ -79,31 +83,23 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
     (tmp_path / "tta.yaml").write_text(yaml.safe_dump(ensemble))
     bundle = tmp_path / "nucdet-bundle"
     manifest_path = kaggle_bundle.main(
-        [
-            "--model-dir",
-            str(model),
-            "--ensemble",
-            str(tmp_path / "tta.yaml"),
-            "--output",
-            str(bundle),
-            "--offline",
-        ]
-    )
+        ["--model-dir", str(model), "--ensemble", str(tmp_path / "tta.yaml"),
+         "--output", str(bundle), "--python-version", "3.11"]
+    )  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
     names = {w["name"] for w in manifest["wheels"]}
     assert {
-        "nucdet",
-        "sal-detectron2",
-        "fvcore",
-        "iopath",
-        "pycocotools",
-        "ensemble-boxes",
-        "yacs",
-        "omegaconf",
-        "hydra-core",
-    } <= names
-    assert not names & {"torch", "torchvision"}
-    assert not any(n.startswith("nvidia-") for n in names)
+        "nucdet", "fvcore", "iopath", "pycocotools", "ensemble-boxes", "yacs", "omegaconf",
+        "hydra-core", "setuptools", "wheel", "ninja",
+    } <= names  # fmt: skip
+    assert not names & {"torch", "torchvision", "detectron2"}
+    assert not any(n.startswith(("nvidia-", "cuda-")) for n in names)
+    # The source of the pinned commit, and this machine's wheel, built for ITS torch.
+    d2 = manifest["detectron2"]
+    assert (bundle / d2["source"]).is_file()
+    own_torch = md.version("torch").split("+")[0]
+    assert [w["torch"] for w in d2["wheels"]] == [own_torch]
+    assert own_torch != IMAGE_TORCH, "the image must have another torch than the builder"
 
     # Test images: Kaggle's test folder is flat <id>.png.
     test_dir = tmp_path / "test"
@@ -112,10 +108,8 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
     for i in ids:
         shutil.copy(SAMPLE_ROOT / "stage1_train" / i / "images" / f"{i}.png", test_dir)
 
-    # The "Kaggle image": a fresh venv (its own pip) + torch/torchvision/Jupyter via .pth.
     venv = tmp_path / "kaggle-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    py = make_image_venv(venv)
     site = Path(
         subprocess.run(
             [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -124,11 +118,9 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
             check=True,
         ).stdout.strip()
     )
-    base = expose_base_packages(tmp_path / "kaggle-image-site")
-    (site / "kaggle_image.pth").write_text(f"{base}\n")
     probe = (
         "import torch, torchvision, ipykernel, importlib.util as u; "
-        "print(u.find_spec('nucdet'), u.find_spec('detectron2'))"
+        "print(torch.__version__.split('+')[0], u.find_spec('nucdet'), u.find_spec('detectron2'))"
     )
     res = subprocess.run(
         [str(py), "-c", probe],
@@ -138,7 +130,7 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["None", "None"], "the base env must lack nucdet/detectron2"
+    assert res.stdout.split() == [IMAGE_TORCH, "None", "None"], res.stdout
 
     kernels = tmp_path / "jupyter" / "kernels" / "kaggle-like"
     kernels.mkdir(parents=True)
@@ -161,6 +153,8 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
     client_nb = nbformat.read(bundle / "kaggle_submission.ipynb", as_version=4)
     assert "parameters" in client_nb.cells[0].metadata.get("tags", [])
 
+    outputs: list[str] = []
+
     def run_notebook(work: Path, predictor: str) -> list[list[str]]:
         """Execute the bundled notebook with papermill-style injected parameters."""
         nb = copy.deepcopy(client_nb)
@@ -174,8 +168,11 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
         )
         work.mkdir()
         NotebookClient(
-            nb, kernel_name="kaggle-like", timeout=1200, resources={"metadata": {"path": str(work)}}
+            nb, kernel_name="kaggle-like", timeout=2400, resources={"metadata": {"path": str(work)}}
         ).execute()
+        outputs.append(
+            "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        )
         with open(work / "submission.csv", newline="") as f:
             return list(csv.reader(f))
 
@@ -194,13 +191,23 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
                 assert np.sum(masks, axis=0).max() == 1, f"{image_id}: overlapping masks"
 
     check_submission(run_notebook(tmp_path / "working", "tiny"))
+    # No carried wheel fits torch 2.9.1: the first run built detectron2 from the source.
+    assert f"no carried wheel matches this image's torch {IMAGE_TORCH}" in outputs[0]
+    assert "detectron2 built in" in outputs[0]
+    assert "Building wheel for detectron2" in outputs[0]  # the build's own output is shown
     # Second run in the same "session": the bundled ensemble (installation is a no-op now).
     check_submission(run_notebook(tmp_path / "working2", "auto"))
     resolved = yaml.safe_load((tmp_path / "working2" / "ensemble.yaml").read_text())
     assert resolved["models"][0]["model_dir"] == str(bundle / "models" / "tiny")
     assert (tmp_path / "working2" / "nucdet_predictions" / "ensemble" / "submission.csv").is_file()
 
-    # nucdet and detectron2 were installed from the bundle's wheels into the venv.
+    assert "is installed already: built for this torch" in outputs[1]
+    # nucdet and detectron2 were installed into the venv, detectron2 built for ITS torch.
+    version = subprocess.run(
+        [str(py), "-c", "import importlib.metadata as m; print(m.version('detectron2'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert version.endswith(f".torch{IMAGE_TORCH}") and d2["commit"][:12] in version, version
     res = subprocess.run(
         [
             str(py),
