@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from nucdet.io.rle import coco_rle_areas
+
 
 @dataclass
 class ImagePrediction:
@@ -63,7 +65,7 @@ class ImagePrediction:
         """Pixel count of every mask, (N,) int64."""
         if not self.rles:
             return np.zeros(0, np.int64)
-        return mask_utils.area(self._c_rles()).astype(np.int64)
+        return coco_rle_areas(self.rles)
 
     def boxes_xywh(self) -> np.ndarray:
         """Tight box of every mask as COCO ``[x, y, w, h]``, (N, 4) float64."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from nucdet.io.rle import coco_rle_areas
 from nucdet.structures import ImagePrediction
 
 # Image-level keys that name a breakdown group, in the order "auto" looks for them.
@@ -139,7 +140,7 @@ class GtDataset:
             if not im.rles:
                 continue
             c_rles = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in im.rles]
-            areas = mask_utils.area(c_rles)
+            areas = coco_rle_areas(c_rles)
             boxes = mask_utils.toBbox(c_rles)
             for k, rle in enumerate(im.rles):
                 anns.append(

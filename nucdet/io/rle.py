@@ -60,6 +60,20 @@ def coco_rle_to_kaggle(rle: dict, order: str = "C") -> str:
     return rle_encode(m[:, x0:x1], "F", offset=x0 * h)
 
 
+# pycocotools' area() allocates a throw-away np.array((n,), dtype=uint8): NumPy 2 raises
+# OverflowError for n > 255 masks (NumPy 1 wrapped it silently, harmlessly). Chunks of 255.
+_AREA_CHUNK = 255
+
+
+def coco_rle_areas(rles: list[dict]) -> np.ndarray:
+    """Pixel count of every COCO RLE (``counts`` str or bytes), (N,) int64, any N."""
+    c = [_c_rle(r) for r in rles]
+    out = np.zeros(len(c), np.int64)
+    for a in range(0, len(c), _AREA_CHUNK):
+        out[a : a + _AREA_CHUNK] = mask_utils.area(c[a : a + _AREA_CHUNK])
+    return out
+
+
 def _c_rle(rle: dict) -> dict:
     """The RLE with ``counts`` as pycocotools wants it (bytes for compressed strings)."""
     if isinstance(rle.get("counts"), str):

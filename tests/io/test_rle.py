@@ -5,6 +5,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from nucdet.io.rle import (
+    coco_rle_areas,
     coco_rle_to_kaggle,
     coco_rle_to_mask,
     crop_to_coco_rle,
@@ -100,3 +101,23 @@ def test_rle_to_indices_is_the_sparse_decode(order):
         assert np.array_equal(idx, np.flatnonzero(m.ravel(order="F")))  # column-major
     with pytest.raises(ValueError, match="past the end"):
         rle_to_indices("5 3", (2, 3), order)
+
+
+def test_areas_of_more_than_255_masks():
+    """pycocotools' area() of > 255 masks raises under NumPy 2; ours counts any number,
+    equal to the pixel sums, and so do the prediction and ground-truth structures."""
+    from nucdet.evaluation.groundtruth import GtDataset, GtImage
+    from nucdet.structures import ImagePrediction
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((300, 12, 17)) < rng.random((300, 1, 1))
+    rles = [mask_to_coco_rle(m) for m in masks]
+    expected = masks.reshape(300, -1).sum(1)
+    np.testing.assert_array_equal(coco_rle_areas(rles), expected)
+    pred = ImagePrediction("x", 12, 17, rles=rles, scores=np.ones(300), classes=np.zeros(300, int))
+    np.testing.assert_array_equal(pred.areas(), expected)
+    im = GtImage("x", 1, "x.png", 12, 17, rles, np.zeros(300, np.int64), np.zeros(300, bool))
+    gt = GtDataset([im], ["nucleus"])
+    areas = [a["area"] for a in gt.to_coco()["annotations"]]
+    assert areas == expected.tolist()
+    assert coco_rle_areas([]).shape == (0,)
