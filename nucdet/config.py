@@ -56,6 +56,9 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.TEST.EVAL_MAX_DETS = 1000
     # Metrics the NucleiEvaluator computes: any of "map_iou", "coco", "voc", "glas", "count".
     _C.TEST.METRICS = ["map_iou", "coco"]
+    # Evaluators run on DATASETS.TEST: any of "nuclei" (NucleiEvaluator: TEST.METRICS) and
+    # "coco" (detectron2's COCOEvaluator); several are merged (nucdet.evaluation.evaluator).
+    _C.TEST.EVALUATORS = ["nuclei"]
 
     # ---- inference and post-processing (nucdet.inference) ------------------------------
     _C.POSTPROCESS = CN()

@@ -104,3 +104,40 @@ def load_coco(path: str | os.PathLike) -> dict[str, Any]:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def image_keys(
+    file_names: Sequence[str], ids: Sequence[Any], source: str = ""
+) -> tuple[list[str], list[int]]:
+    """``(names, coco_ids)`` of the images of one dataset, in order: the one rule every
+    evaluator, scorer, writer and the inference job use to key images.
+
+    - name (the id written to Kaggle / DSB submissions and to per-image tables): the file
+      stem (Kaggle and DSB ids are the stems), unless two images of the dataset share a
+      stem (the per-sample label layout stores every picture as ``image.tif``); then every
+      image is named by its dataset ``image_id``;
+    - COCO id (results JSON, pycocotools): the dataset's ``image_id`` when every image has
+      a distinct integer one (COCO files, nucdet's registered datasets), else 1..N.
+
+    Raises ``ValueError`` naming the files when images cannot be told apart.
+    """
+    stems = [Path(f).stem for f in file_names]
+    names = stems
+    if len(set(stems)) < len(stems):
+        seen: dict[str, str] = {}
+        for f, s in zip(file_names, stems):
+            if s in seen:
+                break
+            seen[s] = f
+        if any(i is None for i in ids) or len({str(i) for i in ids}) < len(ids):
+            raise ValueError(
+                f"{source}: images {seen[s]} and {f} share the file stem {s!r} and the "
+                "images have no distinct image_id to tell them apart"
+            )
+        names = [str(i) for i in ids]
+    int_ids = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
+    if int_ids and len({int(i) for i in ids}) == len(ids):
+        coco_ids = [int(i) for i in ids]
+    else:
+        coco_ids = list(range(1, len(ids) + 1))
+    return names, coco_ids

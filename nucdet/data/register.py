@@ -106,6 +106,12 @@ def _thing_classes(coco: dict) -> list[str]:
     return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
 
 
+def _id_map(coco: dict) -> dict[int, int]:
+    """detectron2's ``thing_dataset_id_to_contiguous_id``: COCO id -> index in id order
+    (the order ``coco_to_dicts`` and ``thing_classes`` use)."""
+    return {int(c): k for k, c in enumerate(sorted(c["id"] for c in coco["categories"]))}
+
+
 def register_coco(
     name: str, json_file: str | os.PathLike, image_root: str | os.PathLike, **metadata: Any
 ) -> None:
@@ -118,8 +124,11 @@ def register_coco(
         logger.info("re-registering dataset %s with %s", name, json_file)
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    if "thing_classes" not in metadata:
-        metadata["thing_classes"] = _thing_classes(load_coco(json_file))
+    if "thing_classes" not in metadata or "thing_dataset_id_to_contiguous_id" not in metadata:
+        coco = load_coco(json_file)
+        metadata.setdefault("thing_classes", _thing_classes(coco))
+        # detectron2's COCOEvaluator maps predicted classes back to COCO ids with it.
+        metadata.setdefault("thing_dataset_id_to_contiguous_id", _id_map(coco))
     DatasetCatalog.register(
         name, lambda: coco_to_dicts(load_coco(json_file), image_root, source=json_file)
     )
@@ -144,6 +153,10 @@ def register_lazy(
         return coco_to_dicts(load_coco(json_file), image_root, source=str(json_file))
 
     DatasetCatalog.register(name, load)
+    # The converters number categories 1..K in thing_classes order (CocoBuilder).
+    metadata.setdefault(
+        "thing_dataset_id_to_contiguous_id", {k + 1: k for k in range(len(thing_classes))}
+    )
     MetadataCatalog.get(name).set(
         thing_classes=list(thing_classes), evaluator_type="nuclei", **metadata
     )

@@ -3,7 +3,8 @@
 - training data through the nucdet mapper chosen by ``INPUT.MAPPER`` (and any detectron2
   training sampler, e.g. ``DATALOADER.SAMPLER_TRAIN RepeatFactorTrainingSampler``);
 - ``SOLVER.FREEZE_PATTERNS`` applied before the optimizer is built (staged fine-tuning);
-- evaluation with ``NucleiEvaluator`` (Kaggle MaP-IoU and COCO AP without the 100 cap)
+- evaluation with the evaluators of ``TEST.EVALUATORS`` (default ``NucleiEvaluator``:
+  Kaggle MaP-IoU and COCO AP without the 100 cap; detectron2's ``COCOEvaluator`` too)
   every ``TEST.EVAL_PERIOD`` iterations on ``DATASETS.TEST``;
 - the best checkpoint (``model_best.pth``) kept by ``SOLVER.BEST_CHECKPOINT.METRIC/MODE``,
   its state saved in every checkpoint so ``--resume`` continues it;
@@ -119,7 +120,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from nucdet.evaluation.evaluator import NucleiEvaluator
+        from nucdet.evaluation.evaluator import build_evaluators
         from nucdet.inference.postprocess import postprocess_from_cfg
 
         if cfg.TEST.EVAL_MAX_DETS < cfg.TEST.DETECTIONS_PER_IMAGE:
@@ -131,12 +132,8 @@ class Trainer(DefaultTrainer):
             )
         if output_folder is None:  # per-image metrics of the latest evaluation land here
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return NucleiEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            max_dets=cfg.TEST.EVAL_MAX_DETS,
-            metrics=tuple(cfg.TEST.METRICS),
-            postprocess=postprocess_from_cfg(cfg),
+        return build_evaluators(
+            cfg, dataset_name, output_dir=output_folder, postprocess=postprocess_from_cfg(cfg)
         )
 
     def build_writers(self, start_iter: int = 0):

@@ -1,22 +1,23 @@
 """Ground truth for evaluation, from detectron2 dataset dicts or a COCO instance JSON.
 
-Both sources become one ``GtDataset``: per image the submission id (``Path(file_name)
-.stem``), the size, every annotation as a COCO compressed RLE with its contiguous class,
-the crowd flags and the image-level extras (``modality``, ``cell_type``, ...) used for
-breakdowns; plus ``to_coco()`` for pycocotools. Masks stay as annotated: overlapping
-training masks stay overlapping. Polygons are rasterised with pycocotools.
+Both sources become one ``GtDataset``: per image the submission id and the COCO id
+(``nucdet.data.coco.image_keys``: file stem and dataset ``image_id``), the size, every
+annotation as a COCO compressed RLE with its contiguous class, the crowd flags and the
+image-level extras (``modality``, ``cell_type``, ...) used for breakdowns; the COCO
+category id of every class; plus ``to_coco()`` for pycocotools. Masks stay as annotated:
+overlapping training masks stay overlapping. Polygons are rasterised with pycocotools.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from nucdet.data.coco import image_keys
 from nucdet.io.rle import coco_rle_areas
 from nucdet.structures import ImagePrediction
 
@@ -60,6 +61,8 @@ class GtImage:
     classes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     extra: dict[str, Any] = field(default_factory=dict)
+    # The dataset dict's ``image_id`` as given (what detectron2 evaluators receive).
+    source_id: Any = None
 
     def instances(self) -> ImagePrediction:
         """The non-crowd objects as an ``ImagePrediction`` (score 1), for the metrics."""
@@ -76,29 +79,46 @@ class GtImage:
 
 @dataclass
 class GtDataset:
-    """Ground-truth images (in dataset order) and the class names (contiguous order)."""
+    """Ground-truth images (in dataset order) and the class names (contiguous order).
+
+    ``dataset_category_ids[k]`` is the COCO category id of class k (default k + 1).
+    """
 
     images: list[GtImage]
     class_names: list[str]
+    dataset_category_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.by_id: dict[str, GtImage] = {}
         self.by_coco_id: dict[int, GtImage] = {}
+        self.by_source_id: dict[Any, GtImage] = {}
         for im in self.images:
-            if im.image_id in self.by_id:
+            for index, key in ((self.by_id, im.image_id), (self.by_coco_id, im.coco_id)):
+                if key in index:
+                    raise ValueError(
+                        f"two images share the id {key!r}: {index[key].file_name} and "
+                        f"{im.file_name}"
+                    )
+                index[key] = im
+            if im.source_id is not None:
+                self.by_source_id[im.source_id] = im
+        if self.dataset_category_ids is not None:
+            ids = [int(c) for c in self.dataset_category_ids]
+            if len(ids) != len(self.class_names) or len(set(ids)) != len(ids):
                 raise ValueError(
-                    f"two images share the id {im.image_id!r}: "
-                    f"{self.by_id[im.image_id].file_name} and {im.file_name}"
+                    f"category ids {ids} do not name the {len(self.class_names)} classes "
+                    f"{self.class_names} one to one"
                 )
-            self.by_id[im.image_id] = im
-            self.by_coco_id[im.coco_id] = im
+            self.dataset_category_ids = ids
 
     def __len__(self) -> int:
         return len(self.images)
 
     @property
     def category_ids(self) -> list[int]:
-        """COCO category id of every contiguous class (k -> k + 1)."""
+        """COCO category id of every contiguous class (the dataset's, else k -> k + 1)."""
+        if self.dataset_category_ids is not None:
+            return list(self.dataset_category_ids)
         return list(range(1, len(self.class_names) + 1))
 
     def groups(self, key: str | None = "auto") -> tuple[str | None, dict[str, str]]:
@@ -128,6 +148,7 @@ class GtDataset:
     def to_coco(self) -> dict[str, Any]:
         """COCO instance dict (mask areas, tight mask boxes) for pycocotools."""
         images, anns = [], []
+        cat_ids = self.category_ids
         for im in self.images:
             images.append(
                 {
@@ -147,23 +168,34 @@ class GtDataset:
                     {
                         "id": len(anns) + 1,
                         "image_id": im.coco_id,
-                        "category_id": int(im.classes[k]) + 1,
+                        "category_id": cat_ids[int(im.classes[k])],
                         "segmentation": rle,
                         "area": int(areas[k]),
                         "bbox": [float(v) for v in boxes[k]],
                         "iscrowd": int(im.iscrowd[k]),
                     }
                 )
-        cats = [{"id": k + 1, "name": n} for k, n in enumerate(self.class_names)]
+        cats = [{"id": c, "name": n} for c, n in zip(cat_ids, self.class_names)]
         return {"images": images, "annotations": anns, "categories": cats}
 
     @classmethod
     def from_dataset_dicts(
-        cls, dicts: Sequence[Mapping[str, Any]], class_names: Sequence[str], source: str = ""
+        cls,
+        dicts: Sequence[Mapping[str, Any]],
+        class_names: Sequence[str],
+        source: str = "",
+        category_ids: Sequence[int] | None = None,
     ) -> GtDataset:
         """From detectron2 dataset dicts (``category_id`` contiguous, ``segmentation`` COCO
-        RLE or polygons)."""
+        RLE or polygons). ``category_ids[k]``: the COCO id of class k (the inverse of the
+        dataset's ``thing_dataset_id_to_contiguous_id``), default k + 1."""
         images = []
+        for n, d in enumerate(dicts):
+            if "file_name" not in d:
+                raise ValueError(f"{source}: image {n}: dataset dict has no 'file_name'")
+        names, coco_ids = image_keys(
+            [str(d["file_name"]) for d in dicts], [d.get("image_id") for d in dicts], source
+        )
         for n, d in enumerate(dicts):
             where = f"{source}: image {d.get('file_name', n)}"
             try:
@@ -194,8 +226,8 @@ class GtDataset:
             }
             images.append(
                 GtImage(
-                    Path(file_name).stem,
-                    n + 1,
+                    names[n],
+                    coco_ids[n],
                     file_name,
                     h,
                     w,
@@ -203,9 +235,27 @@ class GtDataset:
                     np.asarray(classes, np.int64),
                     np.asarray(crowd, bool),
                     extra,
+                    source_id=d.get("image_id"),
                 )
             )
-        return cls(images, list(class_names))
+        return cls(images, list(class_names), None if category_ids is None else list(category_ids))
+
+    @classmethod
+    def from_registered(cls, name: str) -> GtDataset:
+        """A dataset registered with detectron2: its dicts, ``thing_classes`` and the COCO
+        category ids of ``thing_dataset_id_to_contiguous_id`` (when set)."""
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        if name not in DatasetCatalog.list():
+            raise KeyError(f"dataset {name!r} is not registered (see nucdet.data.register)")
+        meta = MetadataCatalog.get(name)
+        id_map = meta.get("thing_dataset_id_to_contiguous_id")
+        return cls.from_dataset_dicts(
+            DatasetCatalog.get(name),
+            list(meta.get("thing_classes", ["object"])),
+            source=name,
+            category_ids=sorted(id_map, key=id_map.get) if id_map else None,
+        )
 
     @classmethod
     def from_coco(cls, coco: Mapping[str, Any], source: str = "") -> GtDataset:
@@ -220,7 +270,13 @@ class GtDataset:
             by_image.setdefault(a.get("image_id"), []).append(a)
         images = []
         known = set()
-        for im in coco.get("images", []):
+        coco_images = coco.get("images", [])
+        names, _ = image_keys(
+            [str(im.get("file_name", "")) for im in coco_images],
+            [im.get("id") for im in coco_images],
+            source,
+        )
+        for n, im in enumerate(coco_images):
             try:
                 cid, file_name = im["id"], str(im["file_name"])
                 h, w = int(im["height"]), int(im["width"])
@@ -245,7 +301,7 @@ class GtDataset:
             }
             images.append(
                 GtImage(
-                    Path(file_name).stem,
+                    names[n],
                     int(cid),
                     file_name,
                     h,
@@ -254,6 +310,7 @@ class GtDataset:
                     np.asarray(classes, np.int64),
                     np.asarray(crowd, bool),
                     extra,
+                    source_id=cid,
                 )
             )
         orphans = set(by_image) - known
@@ -261,4 +318,4 @@ class GtDataset:
             raise ValueError(
                 f"{source}: annotations refer to unknown image ids {sorted(orphans, key=str)[:5]}"
             )
-        return cls(images, [c["name"] for c in cats])
+        return cls(images, [c["name"] for c in cats], [int(c["id"]) for c in cats])

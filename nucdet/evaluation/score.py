@@ -87,15 +87,10 @@ def _load_gt(path: str, image_root: str | None) -> GtDataset:
 
 
 def _load_registered(name: str) -> GtDataset:
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     from nucdet.data.register import register_all
 
     register_all()
-    if name not in DatasetCatalog.list():
-        raise KeyError(f"dataset {name!r} is not registered (see nucdet.data.register)")
-    classes = MetadataCatalog.get(name).thing_classes
-    return GtDataset.from_dataset_dicts(DatasetCatalog.get(name), classes, source=name)
+    return GtDataset.from_registered(name)
 
 
 def _table(rows: list[dict[str, Any]], key: str | None) -> list[str]:

@@ -39,6 +39,7 @@ from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.pipeline import (
     SUBMISSION_NAMES,
     InputImage,
+    dataset_category_ids,
     dataset_inputs,
     folder_inputs,
     run_inference,
@@ -213,6 +214,7 @@ def run_ensemble(
         fmt=spec.format,
         num_overlays=num_overlays,
         overlay_ids=overlay_ids,
+        category_ids=dataset_category_ids(dataset) if dataset else None,
     )
 
 

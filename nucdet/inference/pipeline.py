@@ -44,12 +44,16 @@ PARTIAL_NAME = "predictions.jsonl"
 
 @dataclass
 class InputImage:
-    """One image to predict: its submission id, path and (if known) GT annotations."""
+    """One image to predict: its submission id, path and (if known) GT annotations.
+
+    ``coco_id`` is the dataset's COCO image id (the COCO results file uses it).
+    """
 
     image_id: str
     file_name: str
     annotations: list[dict] | None = None
     extra: dict | None = None
+    coco_id: int | None = None
 
 
 def folder_inputs(folder: str | os.PathLike) -> list[InputImage]:
@@ -66,18 +70,32 @@ def folder_inputs(folder: str | os.PathLike) -> list[InputImage]:
 
 
 def dataset_inputs(name: str) -> list[InputImage]:
-    """Images of a registered dataset, with their annotations and metadata."""
+    """Images of a registered dataset, with their annotations and metadata, named and
+    numbered by ``nucdet.data.coco.image_keys`` (as the evaluators and scorer do)."""
     from detectron2.data import DatasetCatalog
+
+    from nucdet.data.coco import image_keys
 
     if name not in DatasetCatalog.list():
         raise KeyError(f"dataset {name!r} is not registered; known: {DatasetCatalog.list()}")
+    dicts = DatasetCatalog.get(name)
+    names, coco_ids = image_keys(
+        [d["file_name"] for d in dicts], [d.get("image_id") for d in dicts], name
+    )
     out = []
-    for d in DatasetCatalog.get(name):
+    for d, image_id, coco_id in zip(dicts, names, coco_ids):
         extra = {k: d[k] for k in ("modality", "cell_type", "sample_id") if k in d}
-        out.append(
-            InputImage(Path(d["file_name"]).stem, d["file_name"], d.get("annotations"), extra)
-        )
+        out.append(InputImage(image_id, d["file_name"], d.get("annotations"), extra, coco_id))
     return out
+
+
+def dataset_category_ids(name: str) -> dict[int, int] | None:
+    """Contiguous class -> COCO category id of a registered dataset (from detectron2's
+    ``thing_dataset_id_to_contiguous_id``), or None when the dataset does not say."""
+    from detectron2.data import MetadataCatalog
+
+    id_map = MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id")
+    return {int(k): int(c) for c, k in id_map.items()} if id_map else None
 
 
 def gt_rles(annotations: list[dict], height: int, width: int) -> list[dict]:
@@ -146,11 +164,14 @@ def run_inference(
     fmt: str = "kaggle",
     num_overlays: int = 8,
     overlay_ids: Sequence[str] = (),
+    category_ids: dict[int, int] | None = None,
 ) -> dict:
     """Predict every input, write the submission, overlays and ``metrics.json``.
 
     Resumes from ``output_dir/predictions.jsonl`` (see module docstring). Returns the
-    metrics dict (``MaP-IoU`` only when every input has annotations).
+    metrics dict (``MaP-IoU`` only when every input has annotations). The COCO results
+    file uses the inputs' ``coco_id`` (dataset inputs) and ``category_ids`` (contiguous
+    class -> COCO id; default k + 1).
     """
     from nucdet.evaluation.mapiou import map_iou_image
 
@@ -190,7 +211,11 @@ def run_inference(
                 _, png = cv2.imencode(".png", over)
                 atomic_write_bytes(output_dir / "overlays" / f"{item.image_id}.png", png.tobytes())
     scores: dict[str, float] = {}
-    with make_writer(fmt, output_dir / SUBMISSION_NAMES[fmt]) as writer:
+    writer_args = {}
+    if fmt == "coco":
+        ids = {i.image_id: i.coco_id for i in inputs if i.coco_id is not None}
+        writer_args = {"image_ids": ids, "category_ids": category_ids}
+    with make_writer(fmt, output_dir / SUBMISSION_NAMES[fmt], **writer_args) as writer:
         for item in inputs:
             pred = done[item.image_id]
             writer.add(pred)

@@ -97,9 +97,10 @@ class DsbCsvWriter(_RleCsvWriter):
 class CocoJsonWriter(SubmissionWriter):
     """COCO results JSON: a list of ``{image_id, category_id, score, bbox, segmentation}``.
 
-    ``image_ids`` maps submission ids (file stems) to the dataset's integer COCO ids and
-    ``category_ids`` contiguous class indices to COCO category ids; without them, images
-    are numbered from 1 in order and categories from 1. A results list cannot hold an
+    ``image_ids`` maps submission ids to the dataset's integer COCO ids (the inference job
+    passes the dataset's ``image_id``s) and ``category_ids`` contiguous class indices to
+    COCO category ids; without them (a folder of images), images are numbered from 1 in
+    order and categories from 1. A results list cannot hold an
     image with no detection, so the full image list is written beside it as
     ``<name>.images.json`` (``[{id, file_name, height, width}]``).
     """
@@ -122,8 +123,8 @@ class CocoJsonWriter(SubmissionWriter):
         self._f.write("[")
 
     def write_image(self, pred: ImagePrediction) -> None:
-        if pred.image_id not in self.image_ids:
-            self.image_ids[pred.image_id] = len(self.image_ids) + 1
+        if pred.image_id not in self.image_ids:  # a number no other image has
+            self.image_ids[pred.image_id] = max(self.image_ids.values(), default=0) + 1
         coco_id = self.image_ids[pred.image_id]
         self._images.append(
             {"id": coco_id, "file_name": pred.image_id, "height": pred.height, "width": pred.width}
