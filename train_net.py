@@ -4,6 +4,8 @@
     python train_net.py --config-file configs/cpu/mask_rcnn_R_18_FPN_lite_tiny.yaml \
         SOLVER.MAX_ITER 100 OUTPUT_DIR output/tiny
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/tiny/model_best.pth
+    python train_net.py --config-file ... --eval-only TEST.AUG.ENABLED True \
+        TEST.AUG.MIN_SIZES "(384, 512, 768)"                 # + scale / flip TTA results
     python train_net.py --config-file ... --resume          # continue after an interruption
     python train_net.py --config-file ... --num-gpus 8      # or --num-machines/--dist-url
     python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
@@ -46,7 +48,10 @@ def main(args):
         NucleiCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return Trainer.test(cfg, model)
+        res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:  # detectron2's convention, on nucdet's TTA views
+            res.update(Trainer.test_with_TTA(cfg, model))
+        return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

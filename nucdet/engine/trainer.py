@@ -136,6 +136,27 @@ class Trainer(DefaultTrainer):
             cfg, dataset_name, output_dir=output_folder, postprocess=postprocess_from_cfg(cfg)
         )
 
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """detectron2's ``TEST.AUG`` convention on nucdet's views
+        (``nucdet.inference.tta.views_from_test_aug``: exact inverses for masks, WBF + mask
+        voting); results under ``<task>_TTA`` as in detectron2's train_net."""
+        from collections import OrderedDict
+
+        from nucdet.inference.ensemble import ViewsModel
+        from nucdet.inference.tta import views_from_test_aug
+
+        views = views_from_test_aug(cfg)
+        logger.info("TEST.AUG: evaluating with the views %s", views)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, ViewsModel(cfg, model, views), evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())
+
     def build_writers(self, start_iter: int = 0):
         """Console, ``metrics.json`` and TensorBoard writers (TensorBoard purges the steps
         from ``start_iter`` on, logged by an interrupted run after its last checkpoint)."""

@@ -164,29 +164,97 @@ class EnsemblePredictor:
             if not self._routed(model, ids, item):
                 continue
             for view in self.views:
-                raws.append(view.invert(predictor.raw(view.apply(image)), (h, w)))
+                raw = predictor.raw(view.apply(image), scale=view.scale)
+                raws.append(view.invert(raw, (h, w)))
                 weights.append(model.weight)
                 names.append(f"{model.name}/{view.name}")
         return raws, weights, names
 
-    def __call__(self, image: np.ndarray, item: InputImage) -> ImagePrediction:
+    def fused(self, image: np.ndarray, item: InputImage) -> ImagePrediction:
+        """Every routed model on every view, fused; before post-processing."""
         raws, weights, names = self.raw_views(image, item)
         if not raws:
             raise ValueError(f"image {item.image_id}: no model is routed to it")
-        if len(raws) == 1:  # one model, one view: nothing to fuse
-            pred = raw_to_prediction(raws[0], item.image_id, self.mask_thresh)
-        else:
-            fusion = {k: v for k, v in self.spec.fusion.items() if k != "method"}
-            pred = fuse(
-                raws,
-                weights,
-                method=self.spec.fusion.get("method", "wbf_mask_vote"),
-                image_id=item.image_id,
-                names=names,
-                mask_thresh=self.mask_thresh,
-                **fusion,
-            ).prediction
-        return self.postprocess(pred)
+        return fuse_views(raws, weights, names, self.spec.fusion, item.image_id, self.mask_thresh)
+
+    def __call__(self, image: np.ndarray, item: InputImage) -> ImagePrediction:
+        return self.postprocess(self.fused(image, item))
+
+
+def fuse_views(
+    raws: Sequence[RawDetections],
+    weights: Sequence[float],
+    names: Sequence[str],
+    fusion: dict[str, Any],
+    image_id: str,
+    mask_thresh: float,
+) -> ImagePrediction:
+    """One prediction from the detections of several models / views (``fusion``: the
+    ensemble's ``{method, ...options}``); a single input is only pasted."""
+    if len(raws) == 1:  # one model, one view: nothing to fuse
+        return raw_to_prediction(raws[0], image_id, mask_thresh)
+    options = {k: v for k, v in fusion.items() if k != "method"}
+    return fuse(
+        raws,
+        weights,
+        method=fusion.get("method", "wbf_mask_vote"),
+        image_id=image_id,
+        names=names,
+        mask_thresh=mask_thresh,
+        **options,
+    ).prediction
+
+
+class ViewsModel:
+    """A loaded detectron2 model run on TTA views and fused, called like the model.
+
+    ``train_net.py --eval-only`` with ``TEST.AUG.ENABLED`` evaluates it through detectron2's
+    ``inference_on_dataset``: each input's ``file_name`` is read at full size (the loader's
+    resized ``image`` is not used), every view goes through ``Predictor.raw`` and its
+    inverse, the views are fused (``fusion``, default ``wbf_mask_vote``), and the output is
+    ``{"instances": Instances}`` with full-image masks, before post-processing (the
+    evaluator post-processes, as it does for the plain model).
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        model: Any,
+        views: Sequence[str],
+        fusion: dict[str, Any] | None = None,
+    ):
+        self.predictor = Predictor(cfg, model=model)
+        self.views = build_views(list(views))
+        self.fusion = dict(fusion or {"method": "wbf_mask_vote"})
+        self.mask_thresh = float(cfg.POSTPROCESS.MASK_THRESH)
+
+    def __call__(self, inputs: list[dict]) -> list[dict]:
+        import torch
+        from detectron2.structures import Boxes, Instances
+
+        from nucdet.data.imageio import read_image
+
+        outputs = []
+        for d in inputs:
+            image = read_image(d["file_name"])
+            h, w = image.shape[:2]
+            raws = [
+                v.invert(self.predictor.raw(v.apply(image), scale=v.scale), (h, w))
+                for v in self.views
+            ]
+            names = [v.name for v in self.views]
+            pred = fuse_views(
+                raws, [1.0] * len(raws), names, self.fusion, str(d["file_name"]), self.mask_thresh
+            )
+            inst = Instances((h, w))
+            boxes = pred.boxes_xywh().astype(np.float32).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]
+            inst.pred_boxes = Boxes(torch.from_numpy(boxes))
+            inst.scores = torch.from_numpy(pred.scores)
+            inst.pred_classes = torch.from_numpy(pred.classes)
+            inst.pred_masks = torch.from_numpy(pred.masks())
+            outputs.append({"instances": inst})
+        return outputs
 
 
 def run_ensemble(

@@ -72,17 +72,27 @@ class Predictor:
         cfg: a nucdet config (``add_nucdet_config`` keys present).
         mask_score_floor: detections scoring below it get no mask from ``__call__``;
             default ``mask_score_floor_from_cfg(cfg)``. ``float("-inf")`` computes all.
+        model: an already built (and loaded) model to use instead of building one from
+            ``cfg`` (``train_net.py --eval-only`` with ``TEST.AUG``).
     """
 
     # Regions per mask-head call: bounds the head's activations (the 28x28 deconvolution
     # output alone is ~0.8 MB per region at 256 channels) without changing any value.
     mask_batch = 200
 
-    def __init__(self, cfg: CfgNode, mask_score_floor: float | None = None):
+    def __init__(
+        self,
+        cfg: CfgNode,
+        mask_score_floor: float | None = None,
+        model: torch.nn.Module | None = None,
+    ):
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        if model is not None:
+            self.model = model.eval()
+        else:
+            self.model = build_model(self.cfg).eval()
+            if cfg.MODEL.WEIGHTS:
+                DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
@@ -102,11 +112,27 @@ class Predictor:
             and hasattr(m.roi_heads, "forward_with_given_boxes")
         )
 
-    def _model_inputs(self, image_bgr: np.ndarray) -> list[dict]:
-        """``DefaultPredictor``'s pre-processing, line for line."""
+    def _resize(self, scale: float) -> T.Augmentation:
+        """The test resize; ``scale`` != 1 multiplies ``INPUT.MIN_SIZE_TEST`` and
+        ``INPUT.MAX_SIZE_TEST`` by it (a scale TTA view's image, already ``scale`` times the
+        original, then reaches the network ``scale`` times the identity view's size)."""
+        if scale == 1.0:
+            return self.aug
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"resize scale must be > 0, got {scale}")
+        size = int(round(self.cfg.INPUT.MIN_SIZE_TEST * scale))
+        if self.cfg.INPUT.MIN_SIZE_TEST > 0 and size < 1:
+            raise ValueError(
+                f"scale {scale:g} turns INPUT.MIN_SIZE_TEST {self.cfg.INPUT.MIN_SIZE_TEST} "
+                "into an empty image"
+            )
+        return T.ResizeShortestEdge([size, size], int(round(self.cfg.INPUT.MAX_SIZE_TEST * scale)))
+
+    def _model_inputs(self, image_bgr: np.ndarray, scale: float = 1.0) -> list[dict]:
+        """``DefaultPredictor``'s pre-processing, line for line (``scale``: ``_resize``)."""
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         h, w = image.shape[:2]
-        image = self.aug.get_transform(image).apply_image(image)
+        image = self._resize(scale).get_transform(image).apply_image(image)
         tensor = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
         return [{"image": tensor, "height": h, "width": w}]
 
@@ -140,14 +166,21 @@ class Predictor:
         return inst, has_mask
 
     @torch.inference_mode()
-    def raw(self, image_bgr: np.ndarray, mask_score_floor: float = float("-inf")) -> RawDetections:
+    def raw(
+        self,
+        image_bgr: np.ndarray,
+        mask_score_floor: float = float("-inf"),
+        scale: float = 1.0,
+    ) -> RawDetections:
         """Detections of one HxWx3 BGR uint8 image, masks not yet pasted.
 
         Detections scoring below ``mask_score_floor`` get an all-zero probability grid
         (the mask head does not run on them); by default every mask is computed, as TTA
-        and fusion need.
+        and fusion need. ``scale``: the scale of a TTA view (``TTAView.scale``) whose image
+        this is; with ``INPUT.MIN_SIZE_TEST`` > 0 the test resize follows it (else the fixed
+        resize would undo the view). Boxes are in ``image_bgr``'s frame.
         """
-        inputs = self._model_inputs(image_bgr)
+        inputs = self._model_inputs(image_bgr, scale)
         h, w = inputs[0]["height"], inputs[0]["width"]
         inst, _ = self._instances(inputs, mask_score_floor)
         # Same box post-processing as detectron2's detector_postprocess.

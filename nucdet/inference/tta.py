@@ -17,7 +17,12 @@ model's ``RawDetections`` in that image's frame and returns them in the original
 - ``scale:s`` resizes the image to ``round(h * s), round(w * s)`` (bilinear) and divides
   the boxes by the actual size ratio; the grid is box-relative, so it is unchanged.
   Inverting a scale view needs the original size (``invert(raw, orig_hw)``) because
-  rounding makes it ambiguous.
+  rounding makes it ambiguous. A model with a fixed test resize (``INPUT.MIN_SIZE_TEST``
+  > 0) would undo the view: ``Predictor.raw(image, scale=view.scale)`` scales that resize
+  too, so the network sees ``scale`` times the identity view's input.
+
+``views_from_test_aug(cfg)`` turns detectron2's ``TEST.AUG`` convention (absolute short
+edge sizes ``MIN_SIZES``, ``FLIP``) into these views, for ``train_net.py --eval-only``.
 
 Model inference is not done here: ``run_views`` takes any callable image -> RawDetections.
 """
@@ -32,7 +37,14 @@ import numpy as np
 
 from nucdet.structures import RawDetections
 
-__all__ = ["TTAView", "VIEW_REGISTRY", "build_view", "build_views", "run_views"]
+__all__ = [
+    "TTAView",
+    "VIEW_REGISTRY",
+    "build_view",
+    "build_views",
+    "run_views",
+    "views_from_test_aug",
+]
 
 
 class _Op:
@@ -162,6 +174,11 @@ class TTAView:
     ops: tuple
 
     @property
+    def scale(self) -> float:
+        """Product of the view's scale factors (1.0 without a scale)."""
+        return float(np.prod([op.factor for op in self.ops if isinstance(op, _Scale)]))
+
+    @property
     def needs_size(self) -> bool:
         """True when ``invert`` needs the original size (scale views)."""
         return any(isinstance(op, _Scale) for op in self.ops)
@@ -281,3 +298,31 @@ def run_views(
     """Run ``predict`` on every view of ``image``; detections come back in its frame."""
     h, w = image.shape[:2]
     return [v.invert(predict(v.apply(image)), (h, w)) for v in views]
+
+
+def views_from_test_aug(cfg) -> list[str]:
+    """View names for detectron2's ``TEST.AUG``: one ``scale:<m / INPUT.MIN_SIZE_TEST>``
+    per ``TEST.AUG.MIN_SIZES`` entry m (``identity`` for m = ``MIN_SIZE_TEST``), each also
+    horizontally flipped when ``TEST.AUG.FLIP``.
+
+    The long-edge cap of every view is ``INPUT.MAX_SIZE_TEST`` times its scale
+    (``Predictor.raw``), not ``TEST.AUG.MAX_SIZE``. Absolute sizes need a fixed test
+    resize: with ``INPUT.MIN_SIZE_TEST`` 0 (images at their own size) this is an error.
+    """
+    base = int(cfg.INPUT.MIN_SIZE_TEST)
+    sizes = [int(m) for m in cfg.TEST.AUG.MIN_SIZES]
+    if base <= 0:
+        raise ValueError(
+            f"TEST.AUG.MIN_SIZES {sizes} are short-edge sizes, but INPUT.MIN_SIZE_TEST is "
+            f"{base} (no test resize): set INPUT.MIN_SIZE_TEST, or use ensemble_infer.py "
+            "--views scale:<factor>"
+        )
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"TEST.AUG.MIN_SIZES must be positive sizes, got {sizes}")
+    names = []
+    for m in sizes:
+        name = "identity" if m == base else f"scale:{m / base:g}"
+        names.append(name)
+        if cfg.TEST.AUG.FLIP:
+            names.append("hflip" if m == base else f"hflip+{name}")
+    return list(dict.fromkeys(names))
