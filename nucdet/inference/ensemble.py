@@ -15,6 +15,14 @@ YAML form (``configs/ensembles/*.yaml``; paths relative to the working directory
     fusion: {method: wbf_mask_vote, iou_thr: 0.55, conf_type: box_and_model_avg}
     postprocess: {SCORE_THRESH: [0.5], MIN_AREA: [10]}       # POSTPROCESS.* overrides
     format: kaggle
+
+Routing (``route``; a model without one sees every image): ``{key: K, values: [...]}``
+runs the model on images whose ``K`` is one of the values: ``K`` from the dataset's
+metadata, or, for keys computable from the pixels (``modality``:
+``nucdet.data.modality``), from the image itself, so routes work on a folder of images
+(the Kaggle test set) too. ``{ids_file: F}`` runs it on the image ids listed in F. A route
+that can never match is an error: a value the key cannot take, an ids file naming none of
+the inputs, a key that is neither in an input's metadata nor computable.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import yaml
 from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
+from nucdet.data.modality import COMPUTED_KEYS
 from nucdet.engine.defaults import build_cfg
 from nucdet.inference.fusion import FUSION_METHODS, fuse
 from nucdet.inference.masks import raw_to_prediction
@@ -70,6 +79,26 @@ class ModelSpec:
         cfg.MODEL.WEIGHTS = str(self.weights or find_weights(self.model_dir))
         return cfg
 
+    def check_route(self, source: str = "") -> None:
+        """Reject a malformed route or one that can never match (see module docstring)."""
+        r = self.route
+        if r is None:
+            return
+        where = f"{source}: model {self.name!r}: route {r}"
+        if not isinstance(r, dict) or set(r) not in ({"ids_file"}, {"key", "values"}):
+            raise ValueError(f"{where}: give {{key: K, values: [...]}} or {{ids_file: F}}")
+        if "key" in r:
+            values = r["values"]
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}: 'values' must be a non-empty list")
+            if r["key"] in COMPUTED_KEYS:
+                possible = COMPUTED_KEYS[r["key"]][1]
+                never = [v for v in values if v not in possible]
+                if never:
+                    raise ValueError(
+                        f"{where}: {r['key']} is never {never} (it is one of {list(possible)})"
+                    )
+
     def routed_ids(self) -> set[str] | None:
         if not self.route or "ids_file" not in self.route:
             return None
@@ -105,6 +134,7 @@ class EnsembleSpec:
                 models.append(ModelSpec(**{"name": f"model{i}", **m}))
             except TypeError as e:
                 raise ValueError(f"{source}: models[{i}]: {e}") from None
+            models[-1].check_route(source)
         fusion = dict(d.get("fusion") or {"method": "wbf_mask_vote"})
         if fusion.get("method", "wbf_mask_vote") not in FUSION_METHODS:
             raise ValueError(
@@ -146,13 +176,54 @@ class EnsemblePredictor:
         self.mask_thresh = float(cfg.POSTPROCESS.MASK_THRESH)
         self.postprocess = postprocess_from_cfg(cfg)
 
-    def _routed(self, model: ModelSpec, ids: set[str] | None, item: InputImage) -> bool:
-        if ids is not None:
-            return item.image_id in ids
-        if model.route and "key" in model.route:
-            value = (item.extra or {}).get(model.route["key"])
-            return value in model.route.get("values", [])
-        return True
+    def check_routes(self, inputs: Sequence[InputImage]) -> None:
+        """Before predicting: every route can match some input (module docstring)."""
+        for model, _, ids in self.members:
+            if ids is not None and not ids & {i.image_id for i in inputs}:
+                raise ValueError(
+                    f"model {model.name!r}: route ids_file {model.route['ids_file']} names "
+                    f"none of the {len(inputs)} input images (e.g. {inputs[0].image_id!r}): "
+                    "the model would never run"
+                )
+            if model.route and "key" in model.route:
+                key = model.route["key"]
+                lacking = [i for i in inputs if key not in (i.extra or {})]
+                if lacking and key not in COMPUTED_KEYS:
+                    raise ValueError(
+                        f"model {model.name!r}: route key {key!r} is not in the metadata of "
+                        f"{len(lacking)} input image(s) (e.g. {lacking[0].image_id!r}) and "
+                        f"cannot be computed from the pixels (computable: "
+                        f"{sorted(COMPUTED_KEYS)})"
+                    )
+
+    def route_value(self, key: str, image: np.ndarray, item: InputImage) -> Any:
+        """The image's ``key``: its metadata value, else computed from the pixels."""
+        extra = item.extra or {}
+        if key in extra:
+            return extra[key]
+        if key in COMPUTED_KEYS:
+            return COMPUTED_KEYS[key][0](image)
+        raise ValueError(
+            f"image {item.image_id}: route key {key!r} is not in its metadata and cannot be "
+            f"computed from the pixels (computable: {sorted(COMPUTED_KEYS)})"
+        )
+
+    def routed(self, image: np.ndarray, item: InputImage) -> list[str]:
+        """Names of the models that run on this image."""
+        out, values = [], {}
+        for model, _, ids in self.members:
+            if ids is not None:
+                ok = item.image_id in ids
+            elif model.route and "key" in model.route:
+                key = model.route["key"]
+                if key not in values:
+                    values[key] = self.route_value(key, image, item)
+                ok = values[key] in model.route["values"]
+            else:
+                ok = True
+            if ok:
+                out.append(model.name)
+        return out
 
     def raw_views(
         self, image: np.ndarray, item: InputImage
@@ -160,8 +231,9 @@ class EnsemblePredictor:
         """Every routed model's detections on every view, in the original frame."""
         h, w = image.shape[:2]
         raws, weights, names = [], [], []
-        for model, predictor, ids in self.members:
-            if not self._routed(model, ids, item):
+        routed = self.routed(image, item)
+        for model, predictor, _ in self.members:
+            if model.name not in routed:
                 continue
             for view in self.views:
                 raw = predictor.raw(view.apply(image), scale=view.scale)
@@ -275,6 +347,7 @@ def run_ensemble(
     predictor = EnsemblePredictor(spec, opts)
     register_all(predictor.cfg)
     inputs = dataset_inputs(dataset) if dataset else folder_inputs(input_dir)
+    predictor.check_routes(inputs)
     return run_inference(
         inputs,
         predictor,

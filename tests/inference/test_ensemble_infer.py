@@ -162,3 +162,72 @@ def test_bad_ensemble_yaml(tmp_path):
     bad.write_text("models: [{name: a, model_dir: x}]\nfusion: {method: vote3}\n")
     with pytest.raises(ValueError, match="vote3"):
         EnsembleSpec.from_yaml(bad)
+
+
+@pytest.fixture(scope="module")
+def two_modalities(tmp_path_factory, sample_root):
+    """A flat folder (no metadata) with one fluorescence and one stained sample image."""
+    d = tmp_path_factory.mktemp("modalities")
+    samples = json.loads((sample_root / "samples.json").read_text())
+    picked = {}
+    for i, m in sorted(samples.items()):
+        if m["height"] == 256 and m["modality"] in ("fluorescence", "stained"):
+            picked.setdefault(m["modality"], i)
+    for modality, i in picked.items():
+        src = sample_root / "stage1_train" / i / "images" / f"{i}.png"
+        (d / f"{modality}_{i[:8]}.png").write_bytes(src.read_bytes())
+    return d
+
+
+def test_routing_by_modality_on_folder_input(model_dir, two_modalities, tmp_path, registered):
+    """The Kaggle case: images from --input carry no metadata; the modality route is
+    computed from the pixels, so model b runs on the stained image only."""
+    from nucdet.data.imageio import read_image
+
+    spec = EnsembleSpec.from_dict(
+        {
+            "models": [
+                {"name": "a", "model_dir": str(model_dir)},
+                {
+                    "name": "b",
+                    "model_dir": str(model_dir),
+                    "route": {"key": "modality", "values": ["stained"]},
+                },
+            ]
+        }
+    )
+    ens = EnsemblePredictor(spec)
+    inputs = folder_inputs(two_modalities)
+    assert all(i.extra is None for i in inputs)
+    ens.check_routes(inputs)
+    routed = {i.image_id.split("_")[0]: ens.routed(read_image(i.file_name), i) for i in inputs}
+    assert routed == {"fluorescence": ["a"], "stained": ["a", "b"]}
+    stained = next(i for i in inputs if i.image_id.startswith("stained"))
+    assert len(ens.raw_views(read_image(stained.file_name), stained)[0]) == 2
+
+
+def test_routes_that_can_never_match_are_errors(model_dir, two_modalities, tmp_path, registered):
+    def spec(route):
+        return {"models": [{"name": "a", "model_dir": str(model_dir), "route": route}]}
+
+    with pytest.raises(ValueError, match="modality is never"):
+        EnsembleSpec.from_dict(spec({"key": "modality", "values": ["fluorecence"]}), "e.yaml")
+    with pytest.raises(ValueError, match="non-empty"):
+        EnsembleSpec.from_dict(spec({"key": "modality", "values": []}), "e.yaml")
+    with pytest.raises(ValueError, match="ids_file"):
+        EnsembleSpec.from_dict(spec({"keys": "modality"}), "e.yaml")
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("not_an_input\n")
+    for route, message in (
+        ({"ids_file": str(ids_file)}, "names none of the 2 input images"),
+        ({"key": "cell_type", "values": ["astro"]}, "cannot be computed from the pixels"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ensemble_infer.run_from_args(
+                EnsembleSpec.from_dict(spec(route)),
+                ensemble_infer.parse_args(
+                    ["--model-dir", "unused", "--input", str(two_modalities)]
+                    + ["--output", str(tmp_path / "never")]
+                ),
+            )
+        assert not (tmp_path / "never" / "submission.csv").exists()
