@@ -6,6 +6,8 @@
   re-imports never fail on "already registered".
 - ``register_all(cfg)`` registers the predefined table and ``cfg.DATASETS.REGISTER``. Entry
   points call it inside ``setup()``, never at import time, so multi-process launch works.
+  Called again with another ``DATASETS.ROOT``, it re-registers the predefined names from
+  the new root (with a log line).
 - Predefined datasets are built lazily from their source format on first use and cached
   as COCO JSON under ``$NUCDET_CACHE`` (default ``~/.cache/nucdet``), keyed by a
   fingerprint of the source files: the cache is rebuilt when the source changes.
@@ -16,7 +18,9 @@ Predefined names (root = ``cfg.DATASETS.ROOT`` or ``$NUCDET_DATASETS`` or ``./da
 ``dsb2018_sample_{train,val,all}``   bundled sample, ``data/dsb2018_sample``
 ``dsb2018_{all}``                    ``<root>/dsb2018/stage1_train``
 ``dsb2018_fold{k}_{train,val}``      k = 0..4, grouped by image, stratified by modality
-                                     (``nucdet.data.folds.stratified_group_kfold``)
+                                     (``nucdet.data.folds.stratified_group_kfold``; from
+                                     ``<root>/dsb2018/samples.json``, else computed from
+                                     the images: ``nucdet.data.modality``, with a warning)
 ``sartorius_train``                  ``<root>/sartorius/train.csv`` + ``train/``
 ``sartorius_fold{k}_{train,val}``    grouped by ``sample_id``, stratified by cell type
 =================================  =============================================
@@ -138,15 +142,26 @@ def register_coco(
 
 
 def register_lazy(
-    name: str, build: Callable[[], tuple[Path, Path]], thing_classes: list[str], **metadata: Any
+    name: str,
+    build: Callable[[], tuple[Path, Path]],
+    thing_classes: list[str],
+    source: str = "",
+    **metadata: Any,
 ) -> None:
     """Register ``name`` whose COCO file is produced by ``build()`` on first use.
 
     ``build`` returns ``(json_file, image_root)``; it is called when the dataset is loaded,
-    so registering a predefined dataset whose source is absent costs nothing.
+    so registering a predefined dataset whose source is absent costs nothing. ``source``
+    (the dataset's folder or file) identifies it: registering the name again with the same
+    source is a no-op, with another one (``register_all`` with another ``DATASETS.ROOT``)
+    replaces the entry, with a log line.
     """
     if name in DatasetCatalog.list():
-        return
+        if MetadataCatalog.get(name).get("source", "") == source:
+            return
+        logger.info("re-registering dataset %s from %s", name, source)
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
     def load() -> list[dict]:
         json_file, image_root = build()
@@ -158,7 +173,7 @@ def register_lazy(
         "thing_dataset_id_to_contiguous_id", {k + 1: k for k in range(len(thing_classes))}
     )
     MetadataCatalog.get(name).set(
-        thing_classes=list(thing_classes), evaluator_type="nuclei", **metadata
+        thing_classes=list(thing_classes), evaluator_type="nuclei", source=source, **metadata
     )
 
 
@@ -210,12 +225,19 @@ def register_dsb_folder(
     split: dict[str, list[str]] | None = None,
     num_folds: int = NUM_FOLDS,
 ) -> None:
-    """Register ``<prefix>_all`` and either the given splits or k grouped folds."""
-    register_lazy(f"{prefix}_all", _dsb_builder(dsb_root, f"{prefix}_all", None), ["nucleus"])
+    """Register ``<prefix>_all`` and either the given splits or k grouped folds.
+
+    Folds are stratified by modality: from ``samples.json`` beside ``dsb_root`` when it
+    exists, else computed from the images (``nucdet.data.modality``, cached, logged).
+    """
+    src = str(Path(dsb_root).resolve())
+    register_lazy(f"{prefix}_all", _dsb_builder(dsb_root, f"{prefix}_all", None), ["nucleus"], src)
     if split is not None:
         for part, ids in split.items():
             name = f"{prefix}_{part}"
-            register_lazy(name, _dsb_builder(dsb_root, name, lambda m, ids=ids: ids), ["nucleus"])
+            register_lazy(
+                name, _dsb_builder(dsb_root, name, lambda m, ids=ids: ids), ["nucleus"], src
+            )
         return
 
     def fold_ids(meta: dict, k: int, part: str) -> list[str]:
@@ -223,6 +245,8 @@ def register_dsb_folder(
         from nucdet.data.folds import stratified_group_kfold
 
         ids = list_dsb_ids(dsb_root)
+        if not meta:
+            meta = dsb_modalities(dsb_root, prefix)
         strata = [meta.get(i, {}).get("modality", "") for i in ids]
         folds = stratified_group_kfold(ids, strata, num_folds)
         return [i for i, f in zip(ids, folds) if (f == k) == (part == "val")]
@@ -234,7 +258,34 @@ def register_dsb_folder(
                 name,
                 _dsb_builder(dsb_root, name, lambda m, k=k, part=part: fold_ids(m, k, part)),
                 ["nucleus"],
+                src,
             )
+
+
+def dsb_modalities(dsb_root: Path, tag: str) -> dict[str, dict[str, str]]:
+    """``{id: {"modality": m}}`` computed from the images of a DSB folder (no
+    ``samples.json``), cached under ``$NUCDET_CACHE`` by the folder's fingerprint."""
+    from nucdet.data.dsb import list_dsb_ids
+    from nucdet.data.imageio import read_image
+    from nucdet.data.modality import image_modality
+    from nucdet.io.atomic import atomic_write_json
+
+    def build(path: Path) -> None:
+        logger.warning(
+            "%s: no samples.json beside %s: stratifying the folds by the modality computed "
+            "from each image (nucdet.data.modality)",
+            tag,
+            dsb_root,
+        )
+        atomic_write_json(
+            path,
+            {
+                i: {"modality": image_modality(read_image(dsb_root / i / "images" / f"{i}.png"))}
+                for i in list_dsb_ids(dsb_root)
+            },
+        )
+
+    return json.loads(cached_build(f"{tag}_modality", [dsb_root], build).read_text())
 
 
 SARTORIUS_CLASSES = ["astro", "cort", "shsy5y"]
@@ -268,7 +319,8 @@ def register_sartorius(prefix: str, root: Path, num_folds: int = NUM_FOLDS) -> N
             lambda p: sartorius_to_coco(csv_file, p, images, categories=SARTORIUS_CLASSES),
         )
 
-    register_lazy(f"{prefix}_train", lambda: (full(), images), SARTORIUS_CLASSES)
+    src = str(Path(root).resolve())
+    register_lazy(f"{prefix}_train", lambda: (full(), images), SARTORIUS_CLASSES, src)
     for k in range(num_folds):
         for part in ("train", "val"):
 
@@ -281,7 +333,7 @@ def register_sartorius(prefix: str, root: Path, num_folds: int = NUM_FOLDS) -> N
                 )
                 return out, images
 
-            register_lazy(f"{prefix}_fold{k}_{part}", build, SARTORIUS_CLASSES)
+            register_lazy(f"{prefix}_fold{k}_{part}", build, SARTORIUS_CLASSES, src)
 
 
 def register_all(cfg: Any = None) -> None:

@@ -89,3 +89,56 @@ def test_predefined_sartorius_folds_grouped_by_sample(tmp_path, sample_root, mon
         train = {d["image_id"] for d in DatasetCatalog.get(f"test_sart_fold{k}_train")}
         assert train == set(sample_of) - vals[k]
         assert not {sample_of[i] for i in train} & {sample_of[i] for i in vals[k]}
+
+
+def test_register_all_with_another_root_re_registers(tmp_path, sample_root, monkeypatch):
+    """A second register_all with another DATASETS.ROOT points the predefined names at it
+    (the first root used to win silently)."""
+    from detectron2.config import get_cfg
+
+    from nucdet.config import add_nucdet_config
+    from nucdet.data.register import register_all
+
+    monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
+    ids = sorted(p.name for p in (sample_root / "stage1_train").iterdir())
+    for root, n in (("a", 2), ("b", 6)):
+        for i in ids[:n]:
+            shutil.copytree(
+                sample_root / "stage1_train" / i, tmp_path / root / "dsb2018" / "stage1_train" / i
+            )
+    cfg = add_nucdet_config(get_cfg())
+    try:
+        cfg.DATASETS.ROOT = str(tmp_path / "a")
+        register_all(cfg)
+        assert len(DatasetCatalog.get("dsb2018_all")) == 2
+        register_all(cfg)  # same root: nothing changes
+        assert len(DatasetCatalog.get("dsb2018_all")) == 2
+        cfg.DATASETS.ROOT = str(tmp_path / "b")
+        register_all(cfg)
+        assert len(DatasetCatalog.get("dsb2018_all")) == 6
+        # the folds follow the root: 6 images over 5 folds
+        assert sum(len(DatasetCatalog.get(f"dsb2018_fold{k}_val")) for k in range(5)) == 6
+    finally:
+        register_all()  # back to the default root for the other tests
+
+
+def test_dsb_folds_without_samples_json_use_computed_modality(
+    tmp_path, sample_root, monkeypatch, caplog
+):
+    """No samples.json (the Kaggle download): the modality is computed from each image;
+    it equals the labels on the sample, so the folds are those made with samples.json."""
+    import logging
+
+    monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
+    with_sj = tmp_path / "with" / "stage1_train"
+    without = tmp_path / "without" / "stage1_train"
+    shutil.copytree(sample_root / "stage1_train", with_sj)
+    shutil.copytree(sample_root / "stage1_train", without)
+    shutil.copy(sample_root / "samples.json", with_sj.parent / "samples.json")
+    register_dsb_folder("test_sj", with_sj, num_folds=3)
+    with caplog.at_level(logging.WARNING, logger="nucdet.data.register"):
+        register_dsb_folder("test_nosj", without, num_folds=3)
+        stems = lambda n: sorted(d["file_name"].split("/")[0] for d in DatasetCatalog.get(n))  # noqa: E731
+        for k in range(3):
+            assert stems(f"test_nosj_fold{k}_val") == stems(f"test_sj_fold{k}_val")
+    assert "no samples.json" in caplog.text and "computed" in caplog.text
