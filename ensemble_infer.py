@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Multi-model, multi-view inference: TTA, weighted box fusion + mask voting, submission.
 
-    python ensemble_infer.py --ensemble configs/ensembles/dsb_r18_flip_tta.yaml \\
+    python ensemble_infer.py --ensemble configs/ensembles/dsb_tiny_flip_tta.yaml \\
         --dataset dsb2018_sample_val --output out/
+    python ensemble_infer.py --ensemble configs/ensembles/sartorius_r50_x101_tta.yaml \\
+        --input test/ --output out/ POSTPROCESS.SCORE_THRESH "[0.4, 0.6, 0.2]"
     python ensemble_infer.py --model-dir runA --model-dir runB --weights-per-model 2,1 \\
         --views identity,hflip,vflip --fusion wbf_mask_vote --input images/ --output out/
 
 Models, views, fusion and post-processing come from the YAML (see
 ``nucdet.inference.ensemble``) or from the flags; flags given next to ``--ensemble``
-override it. Trailing ``KEY VALUE`` pairs override every model's config. Streams over the
-images with a progress bar and resumes an interrupted run from ``out/predictions.jsonl``.
+override it. Trailing ``KEY VALUE`` pairs override every model's config and win over the
+YAML's ``postprocess`` (a warning names every clash). Streams over the images with a
+progress bar and resumes an interrupted run from ``out/predictions.jsonl``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ YAML form (``configs/ensembles/*.yaml``; paths relative to the working directory
     postprocess: {SCORE_THRESH: [0.5], MIN_AREA: [10]}       # POSTPROCESS.* overrides
     format: kaggle
 
+Precedence, lowest first: each model's config (and its ``opts``), the YAML's
+``postprocess``, the command line's ``KEY VALUE`` options. A command-line
+``POSTPROCESS.<KEY>`` that differs from the YAML's value wins, with a warning naming both.
+
 Routing (``route``; a model without one sees every image): ``{key: K, values: [...]}``
 runs the model on images whose ``K`` is one of the values: ``K`` from the dataset's
 metadata, or, for keys computable from the pixels (``modality``:
@@ -57,6 +61,8 @@ from nucdet.inference.postprocess import postprocess_from_cfg
 from nucdet.inference.predictor import Predictor, find_weights
 from nucdet.inference.tta import build_views
 from nucdet.structures import ImagePrediction, RawDetections
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,9 +174,19 @@ class EnsemblePredictor:
             self.members.append((m, Predictor(m.build_cfg(extra_opts)), m.routed_ids()))
         cfg = self.members[0][1].cfg.clone()
         cfg.defrost()
+        cli = {str(k): v for k, v in zip(extra_opts[0::2], extra_opts[1::2])}
         for key, value in spec.postprocess.items():
             if key not in cfg.POSTPROCESS:
                 raise KeyError(f"unknown postprocess key {key!r}; known: {list(cfg.POSTPROCESS)}")
+            if f"POSTPROCESS.{key}" in cli:  # already merged into cfg: the command line wins
+                if cfg.POSTPROCESS[key] != value:
+                    logger.warning(
+                        "POSTPROCESS.%s: the command line's %s wins over the ensemble YAML's %s",
+                        key,
+                        cfg.POSTPROCESS[key],
+                        value,
+                    )
+                continue
             cfg.POSTPROCESS[key] = value
         self.cfg = cfg
         self.mask_thresh = float(cfg.POSTPROCESS.MASK_THRESH)

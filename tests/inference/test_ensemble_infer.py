@@ -231,3 +231,23 @@ def test_routes_that_can_never_match_are_errors(model_dir, two_modalities, tmp_p
                 ),
             )
         assert not (tmp_path / "never" / "submission.csv").exists()
+
+
+def test_command_line_postprocess_wins_over_the_yaml_with_a_warning(model_dir, caplog):
+    import logging
+
+    spec = EnsembleSpec.from_dict(
+        {
+            "models": [{"name": "a", "model_dir": str(model_dir)}],
+            "postprocess": {"SCORE_THRESH": [0.5], "MIN_AREA": [10], "FILL_HOLES": True},
+        }
+    )
+    opts = ["POSTPROCESS.SCORE_THRESH", "[0.7]", "POSTPROCESS.FILL_HOLES", "True"]
+    with caplog.at_level(logging.WARNING, logger="nucdet.inference.ensemble"):
+        ens = EnsemblePredictor(spec, opts)
+    assert list(ens.cfg.POSTPROCESS.SCORE_THRESH) == [0.7]  # command line
+    assert list(ens.cfg.POSTPROCESS.MIN_AREA) == [10]  # YAML (no clash)
+    assert ens.cfg.POSTPROCESS.FILL_HOLES is True  # both say True: no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "POSTPROCESS.SCORE_THRESH" in warnings[0] and "[0.7]" in warnings[0]
