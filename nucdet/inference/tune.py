@@ -9,14 +9,24 @@ repeat until nothing changes. A threshold only changes which instances of its cl
 survive, so each image is re-scored only when its kept set changes (results are cached
 per image by the number of kept instances per class), and masks are decoded once.
 
-``write_thresholds(yaml_path, thresholds)`` stores the result in an ensemble (or model)
-YAML under ``POSTPROCESS.SCORE_THRESH``, keeping the file's other keys; written
-atomically. Command line (COCO results JSON as written by ``nucdet.io.writers``, with its
-``.images.json`` beside it, against a COCO ground-truth JSON; images matched by file stem,
-categories by id)::
+``tune_postprocess`` tunes the per-class minimum areas (``area_candidates``) and the
+majority-class rule (``majority_class=(False, True)``) too, in the same ascent.
+
+``write_postprocess(yaml_path, values)`` stores the result where the file's reader looks:
+an ensemble YAML's ``postprocess:`` (``EnsembleSpec.from_yaml`` accepts it) or a model
+config's ``POSTPROCESS:``, keeping the file's other keys; written atomically.
+
+Command line (COCO results JSON as written by ``nucdet.io.writers``, with its
+``.images.json`` beside it, against a COCO ground-truth JSON; images matched by name,
+categories by id). Several ``--pred`` files are out-of-fold predictions (fold k's model
+on fold k's held-out images, e.g. ``infer.py --dataset sartorius_fold{k}_val --format
+coco``), assembled into one set scored against the full GT (or one ``--gt`` per fold)::
 
     python -m nucdet.inference.tune --pred out/coco_results.json --gt val.json \
-        --yaml configs/ensembles/sartorius.yaml --min-area 75 150 75 --majority-class
+        --yaml configs/ensembles/sartorius_r50_x101_tta.yaml --min-area 75 150 75 \
+        --majority-class
+    python -m nucdet.inference.tune --pred oof/fold{0,1,2,3,4}/coco_results.json \
+        --gt sartorius.json --yaml ens.yaml --tune-min-area 0 50 75 100 150 --tune-majority
 """
 
 from __future__ import annotations
@@ -39,7 +49,17 @@ from nucdet.structures import ImagePrediction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CANDIDATES", "TuneResult", "main", "tune_score_thresholds", "write_thresholds"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "PostprocessTuneResult",
+    "TuneResult",
+    "load_out_of_fold",
+    "main",
+    "tune_postprocess",
+    "tune_score_thresholds",
+    "write_postprocess",
+    "write_thresholds",
+]
 
 DEFAULT_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
@@ -111,78 +131,227 @@ def tune_score_thresholds(
     A candidate replaces the current threshold only if it scores strictly higher; among
     equal best candidates the lowest wins.
     """
+    res = tune_postprocess(
+        preds,
+        gts,
+        num_classes=num_classes,
+        score_candidates=candidates,
+        init=init,
+        rounds=rounds,
+        metric=metric,
+        min_area=min_area,
+        area_candidates=(),
+        majority_class=(majority_class,),
+        remove_overlap=remove_overlap,
+        fill_holes=fill_holes,
+        min_fragment=min_fragment,
+        progress=progress,
+    )
+    return TuneResult(res.thresholds, res.score, res.baseline, res.history)
+
+
+@dataclass
+class PostprocessTuneResult(TuneResult):
+    """``TuneResult`` plus the tuned minimum areas and majority-class rule."""
+
+    min_area: list[float] = field(default_factory=list)
+    majority_class: bool = False
+
+    def postprocess(self) -> dict[str, Any]:
+        """The ``POSTPROCESS`` keys they set (the ensemble YAML's ``postprocess``)."""
+        return {
+            "SCORE_THRESH": [round(float(v), 4) for v in self.thresholds],
+            "MIN_AREA": [round(float(v), 4) for v in self.min_area],
+            "MAJORITY_CLASS": bool(self.majority_class),
+        }
+
+
+def _per_class(value: float | Sequence[float], num_classes: int, name: str) -> np.ndarray:
+    out = np.atleast_1d(np.asarray(value, np.float64)).copy()
+    if len(out) == 1:
+        out = np.full(num_classes, out[0])
+    if len(out) != num_classes:
+        raise ValueError(f"{name} has {len(out)} values for {num_classes} classes")
+    return out
+
+
+def tune_postprocess(
+    preds: Sequence[ImagePrediction],
+    gts: Sequence[Any],
+    *,
+    num_classes: int,
+    score_candidates: Sequence[float] = DEFAULT_CANDIDATES,
+    area_candidates: Sequence[float] = (),
+    majority_class: Sequence[bool] = (False,),
+    init: float | Sequence[float] = 0.5,
+    min_area: float | Sequence[float] = 0,
+    rounds: int = 3,
+    metric: Callable[[Any, Any], float] | None = None,
+    remove_overlap: bool = True,
+    fill_holes: bool = False,
+    min_fragment: int = 0,
+    progress: bool = True,
+) -> PostprocessTuneResult:
+    """Per-class score thresholds, per-class minimum areas and the majority-class rule
+    that maximise mean ``metric(gt, post-processed pred)``.
+
+    For every value of ``majority_class`` tried (``(False, True)`` tunes the rule), a
+    coordinate ascent over the classes' thresholds (``score_candidates``) and, when
+    ``area_candidates`` is given, their minimum areas, starting from ``init`` /
+    ``min_area``, in rounds until nothing changes. A candidate replaces the current value
+    only if it scores strictly higher (equal best: the lowest wins); the rule with the
+    higher final score wins (a tie: the first tried).
+    """
     if metric is None:
         from nucdet.evaluation.mapiou import map_iou_image as metric
     if len(preds) != len(gts):
         raise ValueError(f"{len(preds)} predictions but {len(gts)} ground truths")
     if not preds:
         raise ValueError("no validation images to tune on")
-    cands = sorted({float(c) for c in candidates})
-    th = np.atleast_1d(np.asarray(init, np.float64)).copy()
-    if len(th) == 1:
-        th = np.full(num_classes, th[0])
-    if len(th) != num_classes:
-        raise ValueError(f"init has {len(th)} values for {num_classes} classes")
-    images = [
-        _Image(p, g, majority_class, num_classes)
-        for p, g in tqdm(zip(preds, gts), total=len(preds), desc="decode", disable=not progress)
-    ]
-    post = dict(
-        min_area=min_area,
-        remove_overlap=remove_overlap,
-        fill_holes=fill_holes,
-        min_fragment=min_fragment,
-    )
+    if not majority_class:
+        raise ValueError("majority_class: give the rule values to try, e.g. (False, True)")
+    th0 = _per_class(init, num_classes, "init")
+    area0 = _per_class(min_area, num_classes, "min_area")
+    spaces = {
+        "score": sorted({float(c) for c in score_candidates}),
+        "area": sorted({float(c) for c in area_candidates}),
+    }
+    post = dict(remove_overlap=remove_overlap, fill_holes=fill_holes, min_fragment=min_fragment)
+    best: PostprocessTuneResult | None = None
+    for majority in dict.fromkeys(bool(m) for m in majority_class):
+        images = [
+            _Image(p, g, majority, num_classes)
+            for p, g in tqdm(zip(preds, gts), total=len(preds), desc="decode", disable=not progress)
+        ]
 
-    def image_score(im: _Image, thresholds: np.ndarray) -> float:
-        key = im.key(thresholds)
-        if key not in im.cache:
-            idx, crops, classes = postprocess_crops(
-                im.crops, im.scores, im.classes, score_thresh=thresholds.tolist(), **post
-            )
-            out = ImagePrediction(
-                im.pred.image_id,
-                im.pred.height,
-                im.pred.width,
-                crops.to_rles(),
-                im.scores[idx],
-                classes,
-            )
-            im.cache[key] = float(metric(im.gt, out))
-        return im.cache[key]
+        def image_score(im: _Image, values: dict[str, np.ndarray]) -> float:
+            key = (im.key(values["score"]), tuple(values["area"][sorted(im.present)].tolist()))
+            if key not in im.cache:
+                idx, crops, classes = postprocess_crops(
+                    im.crops,
+                    im.scores,
+                    im.classes,
+                    score_thresh=values["score"].tolist(),
+                    min_area=values["area"].tolist(),
+                    **post,
+                )
+                out = ImagePrediction(
+                    im.pred.image_id,
+                    im.pred.height,
+                    im.pred.width,
+                    crops.to_rles(),
+                    im.scores[idx],
+                    classes,
+                )
+                im.cache[key] = float(metric(im.gt, out))
+            return im.cache[key]
 
-    per_image = np.array([image_score(im, th) for im in images])
-    baseline = float(per_image.mean())
-    history: list[dict] = [
-        {"round": 0, "class": None, "thresholds": th.tolist(), "score": baseline}
-    ]
-    for r in range(1, rounds + 1):
-        changed = False
-        for c in range(num_classes):
-            affected = [k for k, im in enumerate(images) if c in im.present]
-            if not affected:
-                continue
-            best_t, best_score = th[c], float(per_image.mean())
-            best_scores = None
-            for t in tqdm(cands, desc=f"round {r} class {c}", disable=not progress, leave=False):
-                trial = th.copy()
-                trial[c] = t
-                scores = per_image.copy()
-                scores[affected] = [image_score(images[k], trial) for k in affected]
-                s = float(scores.mean())
-                history.append({"round": r, "class": c, "thresholds": trial.tolist(), "score": s})
-                if s > best_score:
-                    best_t, best_score, best_scores = t, s, scores
-            if best_scores is not None and best_t != th[c]:
-                th[c] = best_t
-                per_image = best_scores
-                changed = True
-            logger.info(
-                "round %d class %d: threshold %.3f, MaP-IoU %.5f", r, c, th[c], per_image.mean()
-            )
-        if not changed:
-            break
-    return TuneResult([float(v) for v in th], float(per_image.mean()), baseline, history)
+        values = {"score": th0.copy(), "area": area0.copy()}
+        per_image = np.array([image_score(im, values) for im in images])
+        baseline = float(per_image.mean())
+        history: list[dict] = [
+            {"round": 0, "class": None, "thresholds": th0.tolist(), "score": baseline}
+        ]
+        for r in range(1, rounds + 1):
+            changed = False
+            for c in range(num_classes):
+                affected = [k for k, im in enumerate(images) if c in im.present]
+                if not affected:
+                    continue
+                for what in ("score", "area"):
+                    best_v, best_score = values[what][c], float(per_image.mean())
+                    best_scores = None
+                    for v in tqdm(
+                        spaces[what],
+                        desc=f"round {r} class {c} {what}",
+                        disable=not progress,
+                        leave=False,
+                    ):
+                        trial = {k: a.copy() for k, a in values.items()}
+                        trial[what][c] = v
+                        scores = per_image.copy()
+                        scores[affected] = [image_score(images[k], trial) for k in affected]
+                        sc = float(scores.mean())
+                        history.append(
+                            {
+                                "round": r,
+                                "class": c,
+                                "thresholds": trial["score"].tolist(),
+                                "min_area": trial["area"].tolist(),
+                                "majority_class": majority,
+                                "score": sc,
+                            }
+                        )
+                        if sc > best_score:
+                            best_v, best_score, best_scores = v, sc, scores
+                    if best_scores is not None and best_v != values[what][c]:
+                        values[what][c] = best_v
+                        per_image = best_scores
+                        changed = True
+                logger.info(
+                    "round %d class %d: threshold %.3f, min area %g, MaP-IoU %.5f",
+                    r,
+                    c,
+                    values["score"][c],
+                    values["area"][c],
+                    per_image.mean(),
+                )
+            if not changed:
+                break
+        res = PostprocessTuneResult(
+            [float(v) for v in values["score"]],
+            float(per_image.mean()),
+            baseline,
+            history,
+            [float(v) for v in values["area"]],
+            majority,
+        )
+        if best is None or res.score > best.score:
+            best = res
+    assert best is not None
+    return best
+
+
+def _section(data: dict) -> str:
+    return "postprocess" if "models" in data else "POSTPROCESS"
+
+
+def read_postprocess(yaml_path: str | Path) -> dict[str, Any]:
+    """The ``POSTPROCESS`` keys an ensemble / config YAML sets itself ({} if none)."""
+    path = Path(yaml_path)
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level is not a mapping")
+    node = data.get(_section(data)) or {}
+    if not isinstance(node, dict):
+        raise ValueError(f"{path}: key {_section(data)!r} is not a mapping")
+    return node
+
+
+def write_postprocess(yaml_path: str | Path, values: dict[str, Any]) -> None:
+    """Write ``POSTPROCESS`` keys into ``yaml_path``, keeping its other keys, in the form
+    its reader takes: an ensemble YAML (it has ``models``; ``nucdet.inference.ensemble``)
+    gets them under ``postprocess:``, any other file (a model config, or a new file) under
+    ``POSTPROCESS:``. Written atomically (comments in the file are not kept)."""
+    path = Path(yaml_path)
+    data: dict = {}
+    if path.exists():
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: top level is not a mapping")
+        data = loaded or {}
+    section = _section(data)
+    node = data.setdefault(section, {}) if data.get(section) is not None else None
+    if node is None:
+        node = data[section] = {}
+    if not isinstance(node, dict):
+        raise ValueError(f"{path}: key {section!r} is not a mapping")
+    node.update(values)
+    with atomic_open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
 
 
 def write_thresholds(
@@ -193,6 +362,8 @@ def write_thresholds(
     """Set ``key`` (dotted) to ``thresholds`` in ``yaml_path``, keeping its other keys.
 
     Creates the file if missing; written atomically (comments in the file are not kept).
+    For the file an entry point reads, use ``write_postprocess`` (it picks the ensemble
+    or config form).
     """
     path = Path(yaml_path)
     data: dict = {}
@@ -217,82 +388,154 @@ def write_thresholds(
 # ---- command line -------------------------------------------------------------------------
 
 
-def _load_pairs(pred_json: Path, gt_json: Path) -> tuple[list[ImagePrediction], list, int]:
-    """Predictions and GT RLEs of the GT images, matched by file stem."""
+def _load_pairs(pred_json: Path, gt: Any) -> dict[str, tuple[ImagePrediction, list]]:
+    """name -> (prediction, GT RLEs) for the images of a COCO results file written by
+    ``nucdet.io.writers.CocoJsonWriter`` (its ``.images.json`` lists every image, with or
+    without detections), matched to ``gt`` (a ``GtDataset``) by image name
+    (``nucdet.data.coco.image_keys``: file stem, or image id when stems collide)."""
     from nucdet.data.coco import load_coco
-    from nucdet.inference.pipeline import gt_rles
 
-    gt = load_coco(gt_json)
-    cat_ids = sorted(c["id"] for c in gt["categories"])
-    contiguous = {cid: k for k, cid in enumerate(cat_ids)}
     images_json = pred_json.with_name(pred_json.stem + ".images.json")
     if not images_json.is_file():
         raise FileNotFoundError(f"{images_json} (image list written beside {pred_json}) missing")
-    pred_images = {im["file_name"]: im for im in load_coco(images_json)}
-    results = load_coco(pred_json)
-    by_image: dict[int, list[dict]] = {}
-    for det in results:
+    contiguous = {cid: k for k, cid in enumerate(gt.category_ids)}
+    by_image: dict[Any, list[dict]] = {}
+    for det in load_coco(pred_json):
         by_image.setdefault(det["image_id"], []).append(det)
-    anns: dict[int, list[dict]] = {}
-    for a in gt["annotations"]:
-        anns.setdefault(a["image_id"], []).append(a)
-    preds, gts = [], []
-    for im in gt["images"]:
-        stem = Path(im["file_name"]).stem
-        if stem not in pred_images:
-            raise KeyError(f"{pred_json}: no prediction for GT image {stem!r}")
-        h, w = int(im["height"]), int(im["width"])
-        dets = by_image.get(pred_images[stem]["id"], [])
+    out = {}
+    for im in load_coco(images_json):
+        name = str(im["file_name"])
+        if name not in gt.by_id:
+            raise KeyError(f"{images_json}: image {name!r} is not in the ground truth")
+        ref = gt.by_id[name]
+        dets = by_image.get(im["id"], [])
         try:
             classes = [contiguous[d["category_id"]] for d in dets]
         except KeyError as e:
-            raise KeyError(f"{pred_json}: category_id {e} not in {gt_json} categories") from None
-        preds.append(
-            ImagePrediction(
-                stem, h, w, [d["segmentation"] for d in dets], [d["score"] for d in dets], classes
-            )
+            raise KeyError(f"{pred_json}: category_id {e} not in the GT categories") from None
+        pred = ImagePrediction(
+            name,
+            ref.height,
+            ref.width,
+            [d["segmentation"] for d in dets],
+            [d["score"] for d in dets],
+            classes,
         )
-        gts.append(gt_rles(anns.get(im["id"], []), h, w))
-    return preds, gts, len(cat_ids)
+        out[name] = (pred, ref.instances().rles)
+    return out
+
+
+def load_out_of_fold(
+    pred_files: Sequence[Path], gt_files: Sequence[Path]
+) -> tuple[list[ImagePrediction], list, int]:
+    """Assemble out-of-fold predictions: K results files (fold k's model on fold k's
+    held-out images) against one GT file covering all of them, or one GT file per results
+    file. Every GT image must be predicted exactly once (errors name the image and files).
+    Returns ``(predictions, GT RLEs, number of classes)`` in GT order."""
+    from nucdet.data.coco import load_coco
+    from nucdet.evaluation.groundtruth import GtDataset
+
+    if len(gt_files) not in (1, len(pred_files)):
+        raise ValueError(
+            f"give one --gt, or one per --pred ({len(pred_files)}), not {len(gt_files)}"
+        )
+    gts = [GtDataset.from_coco(load_coco(g), source=str(g)) for g in gt_files]
+    if len({tuple(g.class_names) for g in gts}) > 1:
+        raise ValueError(f"the GT files {list(map(str, gt_files))} have different categories")
+    preds, rles, seen = [], [], {}
+    for k, pred_file in enumerate(pred_files):
+        gt = gts[k if len(gts) > 1 else 0]
+        pairs = _load_pairs(Path(pred_file), gt)
+        for name in pairs:
+            key = (k if len(gts) > 1 else 0, name)
+            if key in seen:
+                raise ValueError(f"image {name!r} is predicted in {seen[key]} and in {pred_file}")
+            seen[key] = pred_file
+        if len(gts) > 1:
+            missing = [im.image_id for im in gt.images if im.image_id not in pairs]
+            if missing:
+                raise KeyError(f"{pred_file}: no prediction for GT images {missing[:3]}")
+        for im in gt.images:
+            if im.image_id in pairs:
+                preds.append(pairs[im.image_id][0])
+                rles.append(pairs[im.image_id][1])
+    if len(gts) == 1:
+        missing = [im.image_id for im in gts[0].images if (0, im.image_id) not in seen]
+        if missing:
+            raise KeyError(
+                f"{gt_files[0]}: {len(missing)} GT image(s) in none of the --pred files "
+                f"(e.g. {missing[:3]})"
+            )
+    return preds, rles, len(gts[0].class_names)
 
 
 def main(argv: Sequence[str] | None = None) -> TuneResult:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pred", required=True, type=Path, help="COCO results JSON of validation")
-    ap.add_argument("--gt", required=True, type=Path, help="COCO ground-truth JSON")
-    ap.add_argument("--yaml", required=True, type=Path, help="YAML to write thresholds into")
-    ap.add_argument("--key", default="POSTPROCESS.SCORE_THRESH")
+    ap.add_argument(
+        "--pred",
+        required=True,
+        type=Path,
+        nargs="+",
+        help="COCO results JSON(s); several = out-of-fold (fold k's model on fold k)",
+    )
+    ap.add_argument(
+        "--gt", required=True, type=Path, nargs="+", help="COCO GT JSON: one, or one per --pred"
+    )
+    ap.add_argument("--yaml", required=True, type=Path, help="ensemble or config YAML to update")
+    ap.add_argument("--key", help="write only the thresholds, under this dotted key")
     ap.add_argument("--candidates", type=float, nargs="+", default=list(DEFAULT_CANDIDATES))
     ap.add_argument("--init", type=float, nargs="+", default=[0.5])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--min-area", type=float, nargs="+", default=[0])
-    ap.add_argument("--majority-class", action="store_true")
+    ap.add_argument(
+        "--min-area",
+        type=float,
+        nargs="+",
+        help="(starting) min area; default the YAML's POSTPROCESS MIN_AREA, else 0",
+    )
+    ap.add_argument(
+        "--tune-min-area", type=float, nargs="+", default=[], help="min area candidates"
+    )
+    ap.add_argument(
+        "--majority-class",
+        action="store_true",
+        help="use the majority rule (default: the YAML's MAJORITY_CLASS)",
+    )
+    ap.add_argument("--tune-majority", action="store_true", help="try the rule on and off")
     ap.add_argument("--keep-overlap", action="store_true", help="do not remove overlaps")
     ap.add_argument("--fill-holes", action="store_true")
     ap.add_argument("--min-fragment", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    preds, gts, num_classes = _load_pairs(args.pred, args.gt)
-    res = tune_score_thresholds(
+    # Tune for the settings the YAML will be used with: its own unless given here.
+    current = read_postprocess(args.yaml)
+    min_area = args.min_area or current.get("MIN_AREA", [0])
+    min_area = list(min_area) if isinstance(min_area, (list, tuple)) else [min_area]
+    majority = args.majority_class or bool(current.get("MAJORITY_CLASS", False))
+    preds, gts, num_classes = load_out_of_fold(args.pred, args.gt)
+    res = tune_postprocess(
         preds,
         gts,
         num_classes=num_classes,
-        candidates=args.candidates,
+        score_candidates=args.candidates,
+        area_candidates=args.tune_min_area,
+        majority_class=(False, True) if args.tune_majority else (majority,),
         init=args.init if len(args.init) > 1 else args.init[0],
+        min_area=min_area if len(min_area) > 1 else min_area[0],
         rounds=args.rounds,
-        min_area=args.min_area,
-        majority_class=args.majority_class,
         remove_overlap=not args.keep_overlap,
         fill_holes=args.fill_holes,
         min_fragment=args.min_fragment,
     )
-    write_thresholds(args.yaml, res.thresholds, args.key)
+    if args.key:
+        write_thresholds(args.yaml, res.thresholds, args.key)
+    else:  # all three: the thresholds are optimal for these areas and this rule
+        write_postprocess(args.yaml, res.postprocess())
     logger.info(
-        "MaP-IoU %.5f -> %.5f with %s=%s written to %s",
+        "MaP-IoU %.5f -> %.5f on %d images with %s written to %s",
         res.baseline,
         res.score,
-        args.key,
-        res.thresholds,
+        len(preds),
+        res.postprocess(),
         args.yaml,
     )
     return res
