@@ -47,7 +47,7 @@ from detectron2.utils.logger import setup_logger
 
 from nucdet.data.modality import COMPUTED_KEYS
 from nucdet.engine.defaults import build_cfg
-from nucdet.inference.fusion import FUSION_METHODS, fuse
+from nucdet.inference.fusion import FUSION_METHODS, NEEDS_MASK_HEADS, fuse
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.pipeline import (
     SUBMISSION_NAMES,
@@ -59,7 +59,7 @@ from nucdet.inference.pipeline import (
 )
 from nucdet.inference.postprocess import postprocess_from_cfg
 from nucdet.inference.predictor import Predictor, find_weights
-from nucdet.inference.tta import build_views
+from nucdet.inference.tta import build_views, forward_boxes, invert_grids
 from nucdet.structures import ImagePrediction, RawDetections
 
 logger = logging.getLogger(__name__)
@@ -242,9 +242,14 @@ class EnsemblePredictor:
         return out
 
     def raw_views(
-        self, image: np.ndarray, item: InputImage
+        self, image: np.ndarray, item: InputImage, mask_heads: list | None = None
     ) -> tuple[list[RawDetections], list[float], list[str]]:
-        """Every routed model's detections on every view, in the original frame."""
+        """Every routed model's detections on every view, in the original frame.
+
+        With a ``mask_heads`` list, one callable per (model, view) is appended to it:
+        fused boxes in the original frame -> that model's mask probabilities in that view,
+        mapped back to the original orientation (mask-head re-run fusion).
+        """
         h, w = image.shape[:2]
         raws, weights, names = [], [], []
         routed = self.routed(image, item)
@@ -252,7 +257,15 @@ class EnsemblePredictor:
             if model.name not in routed:
                 continue
             for view in self.views:
-                raw = predictor.raw(view.apply(image), scale=view.scale)
+                if mask_heads is None:
+                    raw = predictor.raw(view.apply(image), scale=view.scale)
+                else:
+                    raw, head = predictor.raw_with_mask_head(view.apply(image), scale=view.scale)
+                    mask_heads.append(
+                        lambda boxes, classes, view=view, head=head: invert_grids(
+                            view, head(forward_boxes(view, boxes, (h, w)), classes)
+                        )
+                    )
                 raws.append(view.invert(raw, (h, w)))
                 weights.append(model.weight)
                 names.append(f"{model.name}/{view.name}")
@@ -260,10 +273,14 @@ class EnsemblePredictor:
 
     def fused(self, image: np.ndarray, item: InputImage) -> ImagePrediction:
         """Every routed model on every view, fused; before post-processing."""
-        raws, weights, names = self.raw_views(image, item)
+        rerun = self.spec.fusion.get("method", "wbf_mask_vote") in NEEDS_MASK_HEADS
+        heads: list | None = [] if rerun else None
+        raws, weights, names = self.raw_views(image, item, heads)
         if not raws:
             raise ValueError(f"image {item.image_id}: no model is routed to it")
-        return fuse_views(raws, weights, names, self.spec.fusion, item.image_id, self.mask_thresh)
+        return fuse_views(
+            raws, weights, names, self.spec.fusion, item.image_id, self.mask_thresh, heads
+        )
 
     def __call__(self, image: np.ndarray, item: InputImage) -> ImagePrediction:
         return self.postprocess(self.fused(image, item))
@@ -276,12 +293,16 @@ def fuse_views(
     fusion: dict[str, Any],
     image_id: str,
     mask_thresh: float,
+    mask_heads: Sequence[Any] | None = None,
 ) -> ImagePrediction:
     """One prediction from the detections of several models / views (``fusion``: the
-    ensemble's ``{method, ...options}``); a single input is only pasted."""
+    ensemble's ``{method, ...options}``; ``mask_heads`` for the methods that re-run the
+    mask heads); a single input is only pasted."""
     if len(raws) == 1:  # one model, one view: nothing to fuse
         return raw_to_prediction(raws[0], image_id, mask_thresh)
     options = {k: v for k, v in fusion.items() if k != "method"}
+    if fusion.get("method", "wbf_mask_vote") in NEEDS_MASK_HEADS:
+        options["mask_heads"] = mask_heads
     return fuse(
         raws,
         weights,

@@ -6,6 +6,11 @@ Methods are picked by name from ``FUSION_METHODS`` (``fuse(..., method=name)``):
   each cluster's masks are fused in the cluster's crop, by score-weighted averaging of the
   members' mask probabilities (``mask_mode="avg"``) or by a weighted pixel vote
   (``mask_mode="vote"``, ``vote_frac``). The cluster score is WBF's.
+- ``wbf_mask_rerun``: weighted box fusion of the boxes as above, then every input's mask
+  head is run again on the fused boxes (``mask_heads``: one callable per input, given by
+  ``EnsemblePredictor``, which maps the boxes into that model's view and the grids back)
+  and the probabilities are averaged with the input weights, then thresholded in the
+  fused box: every model x view votes on every fused instance, also those it missed.
 - ``nms``: greedy per-class box NMS over all inputs; survivors keep their own mask.
 - ``mask_nms``: the same with mask IoU.
 
@@ -57,6 +62,7 @@ __all__ = [
     "WBFClusters",
     "fuse",
     "fuse_mask_nms",
+    "fuse_mask_rerun",
     "fuse_nms",
     "fuse_wbf_mask_vote",
     "validate_inputs",
@@ -582,6 +588,71 @@ def fuse_wbf_mask_vote(
     return FusionResult(pred, fused_boxes, cl.members)
 
 
+MaskHead = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def fuse_mask_rerun(
+    raws: Sequence[RawDetections],
+    weights: Sequence[float] | None = None,
+    *,
+    mask_heads: Sequence[MaskHead] | None = None,
+    image_id: str = "",
+    names: Sequence[str] | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "box_and_model_avg",
+    mask_thresh: float = 0.5,
+    verify: bool = False,
+) -> FusionResult:
+    """Weighted box fusion of the boxes, then every input's mask head on the fused boxes.
+
+    ``mask_heads[i](boxes, classes)`` returns the (K, M, M) mask probabilities input i's
+    model gives the K fused xyxy ``boxes`` (original image pixels) of classes
+    ``classes``, on each box's grid in the original orientation. A fused instance's mask:
+    the input-weighted mean of those grids, pasted into the fused box, ``>= mask_thresh``.
+    Boxes, scores, classes and membership are ``wbf_clusters``' (as ``wbf_mask_vote``).
+    """
+    w = validate_inputs(raws, weights, names)
+    if mask_heads is None or len(mask_heads) != len(raws):
+        raise ValueError(
+            f"wbf_mask_rerun needs one mask head per input: {len(raws)} inputs, "
+            f"{0 if mask_heads is None else len(mask_heads)} mask heads (ensemble_infer.py "
+            "passes them; plain RawDetections cannot re-run a model)"
+        )
+    h, wd = raws[0].height, raws[0].width
+    if sum(len(r) for r in raws) == 0:
+        return _empty_result(raws, image_id)
+    scale = np.array([wd, h, wd, h], np.float64)
+    cl = wbf_clusters(
+        [r.boxes.astype(np.float64) / scale for r in raws],
+        [r.scores for r in raws],
+        [r.classes for r in raws],
+        w,
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+        conf_type=conf_type,
+        names=names,
+        verify=verify,
+    )
+    if len(cl.boxes) == 0:
+        return _empty_result(raws, image_id)
+    fused = (cl.boxes * scale).astype(np.float32)
+    total = None
+    for head, wt in zip(mask_heads, w):
+        grids = np.asarray(head(fused, cl.labels), np.float64)
+        if grids.ndim != 3 or len(grids) != len(fused):
+            raise ValueError(f"a mask head returned {grids.shape} grids for {len(fused)} boxes")
+        total = wt * grids if total is None else total + wt * grids
+    avg = (total / w.sum()).astype(np.float32)
+    crops = paste_grids(avg, fused, h, wd).threshold(mask_thresh)
+    pred = ImagePrediction(image_id, h, wd, crops.to_rles(), cl.scores, cl.labels)
+    return FusionResult(pred, fused, cl.members)
+
+
+# Methods that need the models again (``mask_heads``), not only their detections.
+NEEDS_MASK_HEADS = frozenset({"wbf_mask_rerun"})
+
+
 def _box_iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     xa = np.maximum(boxes[:, 0], box[0])
     ya = np.maximum(boxes[:, 1], box[1])
@@ -719,6 +790,7 @@ def _intersection(crops: CropMasks, a: int, b: int) -> int:
 
 FUSION_METHODS: dict[str, Callable[..., FusionResult]] = {
     "wbf_mask_vote": fuse_wbf_mask_vote,
+    "wbf_mask_rerun": fuse_mask_rerun,
     "nms": fuse_nms,
     "mask_nms": fuse_mask_nms,
 }
@@ -735,7 +807,7 @@ def fuse(
 
     ``kwargs`` go to the method (``image_id``, ``names``, ``iou_thr``, ``mask_thresh``, and
     for ``wbf_mask_vote`` also ``conf_type``, ``skip_box_thr``, ``mask_mode``,
-    ``vote_frac``, ``verify``).
+    ``vote_frac``, ``verify``; ``wbf_mask_rerun`` needs ``mask_heads``).
     """
     if method not in FUSION_METHODS:
         raise KeyError(f"unknown fusion method {method!r}; known: {sorted(FUSION_METHODS)}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -136,10 +137,18 @@ class Predictor:
         tensor = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
         return [{"image": tensor, "height": h, "width": w}]
 
-    def _instances(self, inputs: list[dict], floor: float) -> tuple[Instances, np.ndarray]:
-        """Network-resolution detections and which of them carry a computed mask."""
+    def _instances(
+        self, inputs: list[dict], floor: float, keep: dict | None = None
+    ) -> tuple[Instances, np.ndarray]:
+        """Network-resolution detections and which of them carry a computed mask
+        (``keep``: receives the backbone ``features``, for ``raw_with_mask_head``)."""
         m = self.model
         if not self._can_split:
+            if keep is not None:
+                raise ValueError(
+                    f"{type(m).__name__}: re-running the mask head needs detectron2's R-CNN "
+                    "layout (GeneralizedRCNN with StandardROIHeads)"
+                )
             inst = m.inference(inputs, do_postprocess=False)[0]
             return inst, np.ones(len(inst), bool)
         # GeneralizedRCNN.inference + StandardROIHeads.forward (eval), with the mask head
@@ -147,6 +156,8 @@ class Predictor:
         # chunks of ``mask_batch``.
         images = m.preprocess_image(inputs)
         features = m.backbone(images.tensor)
+        if keep is not None:
+            keep["features"] = features
         proposals, _ = m.proposal_generator(images, features, None)
         inst = m.roi_heads._forward_box(features, proposals)[0]
         # Compared in float64 as post-processing does (float32 scores, float64 thresholds).
@@ -180,9 +191,49 @@ class Predictor:
         this is; with ``INPUT.MIN_SIZE_TEST`` > 0 the test resize follows it (else the fixed
         resize would undo the view). Boxes are in ``image_bgr``'s frame.
         """
+        return self._raw(image_bgr, mask_score_floor, scale)
+
+    @torch.inference_mode()
+    def raw_with_mask_head(
+        self, image_bgr: np.ndarray, scale: float = 1.0
+    ) -> tuple[RawDetections, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+        """``raw`` (every mask computed) plus the model's mask head on this image:
+        ``head(boxes, classes)`` gives the (N, M, M) mask probabilities of any xyxy boxes in
+        ``image_bgr``'s frame, for classes ``classes`` (mask-head re-run fusion)."""
+        if not self.model.roi_heads.mask_on:
+            raise ValueError("the model has no mask head to re-run")
+        keep: dict = {}
+        raw = self._raw(image_bgr, float("-inf"), scale, keep)
+        features, (rh, rw) = keep["features"], keep["size"]
+        h, w = raw.height, raw.width
+        m = self.model
+
+        @torch.inference_mode()
+        def head(boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            if len(boxes) == 0:
+                return np.zeros((0,) + raw.mask_probs.shape[1:], np.float32)
+            net = torch.from_numpy(boxes * np.array([rw / w, rh / h, rw / w, rh / h], np.float32))
+            cls = torch.from_numpy(np.asarray(classes, np.int64).reshape(-1))
+            out = []
+            for i in range(0, len(net), self.mask_batch):
+                inst = Instances((rh, rw))
+                inst.pred_boxes = Boxes(net[i : i + self.mask_batch].to(self.model.device))
+                inst.pred_classes = cls[i : i + self.mask_batch].to(self.model.device)
+                masks = m.roi_heads.forward_with_given_boxes(features, [inst])[0].pred_masks
+                out.append(masks[:, 0].cpu().numpy())
+            return np.concatenate(out)
+
+        return raw, head
+
+    def _raw(
+        self, image_bgr: np.ndarray, mask_score_floor: float, scale: float, keep: dict | None = None
+    ) -> RawDetections:
         inputs = self._model_inputs(image_bgr, scale)
         h, w = inputs[0]["height"], inputs[0]["width"]
-        inst, _ = self._instances(inputs, mask_score_floor)
+        inst, _ = self._instances(inputs, mask_score_floor, keep)
+        if keep is not None:
+            keep["size"] = tuple(inst.image_size)
         # Same box post-processing as detectron2's detector_postprocess.
         rh, rw = inst.image_size
         boxes = Boxes(inst.pred_boxes.tensor.clone())

@@ -42,6 +42,8 @@ __all__ = [
     "VIEW_REGISTRY",
     "build_view",
     "build_views",
+    "forward_boxes",
+    "invert_grids",
     "run_views",
     "views_from_test_aug",
 ]
@@ -65,6 +67,10 @@ class _Op:
     def inverse_grids(self, grids: np.ndarray) -> np.ndarray:
         return grids
 
+    def forward_boxes(self, boxes: np.ndarray, h: int, w: int, vh: int, vw: int) -> np.ndarray:
+        """Boxes in the source frame (h, w) -> boxes in the transformed frame (vh, vw)."""
+        raise NotImplementedError
+
 
 class _FlipX(_Op):
     name = "hflip"
@@ -78,6 +84,9 @@ class _FlipX(_Op):
     def inverse_grids(self, grids):
         return grids[:, :, ::-1]
 
+    def forward_boxes(self, boxes, h, w, vh, vw):  # a flip is its own inverse
+        return self.inverse_boxes(boxes, h, w, vh, vw)
+
 
 class _FlipY(_Op):
     name = "vflip"
@@ -90,6 +99,9 @@ class _FlipY(_Op):
 
     def inverse_grids(self, grids):
         return grids[:, ::-1, :]
+
+    def forward_boxes(self, boxes, h, w, vh, vw):
+        return self.inverse_boxes(boxes, h, w, vh, vw)
 
 
 class _Rot90(_Op):
@@ -118,6 +130,16 @@ class _Rot90(_Op):
     def inverse_grids(self, grids):
         return np.rot90(grids, -self.k, axes=(1, 2))
 
+    def forward_boxes(self, boxes, h, w, vh, vw):
+        x0, y0, x1, y1 = boxes.T
+        if self.k == 1:  # (x, y) -> (y, w - x)
+            return np.stack([y0, w - x1, y1, w - x0], axis=1)
+        if self.k == 2:  # (x, y) -> (w - x, h - y)
+            return np.stack([w - x1, h - y1, w - x0, h - y0], axis=1)
+        if self.k == 3:  # (x, y) -> (h - y, x)
+            return np.stack([h - y1, x0, h - y0, x1], axis=1)
+        return boxes
+
 
 class _Transpose(_Op):
     name = "transpose"
@@ -133,6 +155,9 @@ class _Transpose(_Op):
 
     def inverse_grids(self, grids):
         return np.swapaxes(grids, 1, 2)
+
+    def forward_boxes(self, boxes, h, w, vh, vw):
+        return boxes[:, [1, 0, 3, 2]]
 
 
 class _Scale(_Op):
@@ -163,6 +188,12 @@ class _Scale(_Op):
         b = boxes.astype(np.float64)
         return np.stack(
             [b[:, 0] * w / vw, b[:, 1] * h / vh, b[:, 2] * w / vw, b[:, 3] * h / vh], axis=1
+        )
+
+    def forward_boxes(self, boxes, h, w, vh, vw):
+        b = boxes.astype(np.float64)
+        return np.stack(
+            [b[:, 0] * vw / w, b[:, 1] * vh / h, b[:, 2] * vw / w, b[:, 3] * vh / h], axis=1
         )
 
 
@@ -245,6 +276,32 @@ class TTAView:
             h,
             w,
         )
+
+
+def _frames(view: TTAView, orig_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    sizes = [(int(orig_hw[0]), int(orig_hw[1]))]
+    for op in view.ops:
+        sizes.append(op.size(*sizes[-1]))
+    return sizes
+
+
+def forward_boxes(view: TTAView, boxes: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+    """(N, 4) xyxy boxes of the original image -> the same boxes in ``view``'s image
+    (the inverse of ``view.invert``'s box mapping), float64."""
+    sizes = _frames(view, orig_hw)
+    out = np.asarray(boxes, np.float64).reshape(-1, 4)
+    for i, op in enumerate(view.ops):
+        (sh, sw), (th, tw) = sizes[i], sizes[i + 1]
+        out = op.forward_boxes(out, sh, sw, th, tw)
+    return out
+
+
+def invert_grids(view: TTAView, grids: np.ndarray) -> np.ndarray:
+    """Box-relative mask grids computed in ``view``'s frame -> the original orientation
+    (what ``view.invert`` does to ``mask_probs``)."""
+    for op in reversed(view.ops):
+        grids = op.inverse_grids(grids)
+    return grids
 
 
 def _scale_view(arg: str | None) -> tuple:
