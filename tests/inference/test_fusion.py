@@ -253,14 +253,23 @@ def test_nms_baselines():
     assert len(fuse([c, c], method="mask_nms")) == 1
 
 
+def _heads(method, n):
+    """For methods that re-run the mask heads: heads giving every box a 0.9 grid."""
+    from nucdet.inference.fusion import NEEDS_MASK_HEADS
+
+    if method not in NEEDS_MASK_HEADS:
+        return {}
+    return {"mask_heads": [lambda b, c: np.full((len(b), 28, 28), 0.9, np.float32)] * n}
+
+
 @pytest.mark.parametrize("method", sorted(FUSION_METHODS))
 def test_zero_detections(method):
     empty = RawDetections(np.zeros((0, 4)), [], [], np.zeros((0, 28, 28)), 30, 40)
-    res = fuse([empty, empty], method=method, image_id="e")
+    res = fuse([empty, empty], method=method, image_id="e", **_heads(method, 2))
     assert len(res) == 0 and res.boxes.shape == (0, 4)
     assert (res.prediction.image_id, res.prediction.height, res.prediction.width) == ("e", 30, 40)
     one = RawDetections([[2, 2, 9, 9]], [0.7], [0], np.ones((1, 28, 28)), 30, 40)
-    res = fuse([empty, one], method=method)
+    res = fuse([empty, one], method=method, **_heads(method, 2))
     assert len(res) == 1 and res.members[0].tolist() == [[1, 0]]
 
 
@@ -300,7 +309,7 @@ def test_fused_then_postprocessed_output_never_overlaps(method):
 
     rng = np.random.default_rng(9)
     raws = [soft_raw(rng, 60, 80, 40) for _ in range(3)]  # crowded: masks overlap a lot
-    res = fuse(raws, [1.0, 0.5, 2.0], method=method)
+    res = fuse(raws, [1.0, 0.5, 2.0], method=method, **_heads(method, 3))
     assert res.prediction.masks().sum(axis=0).max() > 1  # fusion itself leaves overlaps
     out = postprocess(res.prediction)
     assert len(out) > 10
