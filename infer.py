@@ -40,5 +40,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError) as e:  # input problems: one line, no traceback
         sys.exit(f"infer.py: error: {e}")

@@ -1,6 +1,8 @@
 """detectron2's DetectionCheckpointer with atomic files and MODEL.WEIGHTS resolution.
 
-Differences from ``DetectionCheckpointer`` (everything else, e.g. loading model-zoo
+Differences from ``DetectionCheckpointer`` (reading through
+``nucdet.io.checkpoint.CheckedCheckpointer``: an unreadable file is an error naming it,
+``strict=True`` for evaluation; everything else, e.g. loading model-zoo
 ``.pkl`` files and stripping DDP prefixes, is inherited):
 
 - checkpoints and the ``last_checkpoint`` tag are written atomically (temporary file +
@@ -10,7 +12,9 @@ Differences from ``DetectionCheckpointer`` (everything else, e.g. loading model-
   scheduler state and without moving the ``last_checkpoint`` tag: used for
   ``model_best.pth``, which must never become the file ``--resume`` continues from;
 - ``resume_or_load`` resolves ``MODEL.WEIGHTS`` through ``nucdet.engine.weights`` only when
-  it is actually loaded (not when resuming), so offline runs get a clear error.
+  it is actually loaded (not when resuming), so offline runs get a clear error;
+- ``--resume`` with a ``last_checkpoint`` tag naming a file that is not there is an error
+  naming both (not a silent start from scratch nor an assertion).
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import os
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 
 from nucdet.engine.weights import is_url, resolve_weights
 from nucdet.io.atomic import atomic_open
+from nucdet.io.checkpoint import CheckedCheckpointer, CheckpointError
 
 
-class NucleiCheckpointer(DetectionCheckpointer):
+class NucleiCheckpointer(CheckedCheckpointer):
     """DetectionCheckpointer with atomic saves; see module docstring."""
 
     def _write(self, name: str, data: dict[str, Any]) -> str:
@@ -58,7 +62,15 @@ class NucleiCheckpointer(DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         if resume and self.has_checkpoint():
-            return self.load(self.get_checkpoint_file())
+            last = self.get_checkpoint_file()
+            if not os.path.isfile(last):
+                tag = os.path.join(self.save_dir, "last_checkpoint")
+                raise CheckpointError(
+                    f"{tag} names {os.path.basename(last)!r}, which is not in {self.save_dir}; "
+                    "write the name of an existing model_*.pth into it, or remove it to "
+                    "start from MODEL.WEIGHTS"
+                )
+            return self.load(last)
         if path and is_url(path) and comm.get_local_rank() != 0:
             # One download per machine: local rank 0 fetches, the others find it cached.
             comm.synchronize()

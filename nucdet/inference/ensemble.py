@@ -32,6 +32,7 @@ the inputs, a key that is neither in an input's metadata nor computable.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -191,6 +192,27 @@ class EnsemblePredictor:
         self.cfg = cfg
         self.mask_thresh = float(cfg.POSTPROCESS.MASK_THRESH)
         self.postprocess = postprocess_from_cfg(cfg)
+
+    def run_key(self) -> dict[str, Any]:
+        """Everything that changes a prediction, for the resume fingerprint of
+        ``run_inference``: each model's config, weights file contents, fusion weight and
+        routing, the views, the fusion and the post-processing settings."""
+        key: dict[str, Any] = {}
+        for model, predictor, ids in self.members:
+            cfg = predictor.cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR = "", ""  # identified by content below
+            key[f"{model.name}.config"] = cfg.dump()
+            key[f"{model.name}.weights"] = _file_identity(predictor.cfg.MODEL.WEIGHTS)
+            key[f"{model.name}.weight_and_route"] = [
+                model.weight,
+                model.route,
+                sorted(ids) if ids is not None else None,
+            ]
+        key["views"] = list(self.spec.views)
+        key["fusion"] = dict(self.spec.fusion)
+        key["postprocess"] = self.cfg.POSTPROCESS.dump()
+        return key
 
     def check_routes(self, inputs: Sequence[InputImage]) -> None:
         """Before predicting: every route can match some input (module docstring)."""
@@ -366,6 +388,14 @@ class ViewsModel:
         return outputs
 
 
+def _file_identity(path: str) -> str:
+    """sha256 of a weights file's bytes ("" for none; the string itself if not local)."""
+    if not path or not os.path.isfile(path):
+        return str(path)
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def run_ensemble(
     spec: EnsembleSpec,
     output: str | os.PathLike,
@@ -375,8 +405,13 @@ def run_ensemble(
     num_overlays: int = 8,
     overlay_ids: Sequence[str] = (),
     opts: Sequence[str] = (),
+    force: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict:
-    """Register datasets, build the predictor, run the (resumable) inference job."""
+    """Register datasets, build the predictor, run the (resumable) inference job.
+
+    ``force`` discards predictions of another run found in ``output``;
+    ``skip_unreadable`` leaves unreadable images out (see ``run_inference``)."""
     from nucdet.data.register import register_all
 
     if (dataset is None) == (input_dir is None):
@@ -393,6 +428,9 @@ def run_ensemble(
         num_overlays=num_overlays,
         overlay_ids=overlay_ids,
         category_ids=dataset_category_ids(dataset) if dataset else None,
+        run_key=predictor.run_key(),
+        force=force,
+        skip_unreadable=skip_unreadable,
     )
 
 
@@ -405,6 +443,16 @@ def add_io_arguments(ap: argparse.ArgumentParser, default_format: str | None = "
     ap.add_argument("--format", default=default_format, choices=sorted(SUBMISSION_NAMES))
     ap.add_argument("--overlays", type=int, default=8, help="overlay PNGs for the first N images")
     ap.add_argument("--overlay-ids", default="", help="comma-separated image ids to overlay")
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="discard predictions of another run found in --output (default: error)",
+    )
+    ap.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave unreadable images out (listed in metrics.json) instead of stopping",
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
 
 
@@ -419,7 +467,11 @@ def run_from_args(spec: EnsembleSpec, args: argparse.Namespace) -> dict:
         num_overlays=args.overlays,
         overlay_ids=[i for i in args.overlay_ids.split(",") if i],
         opts=args.opts,
+        force=args.force,
+        skip_unreadable=args.skip_unreadable,
     )
     summary = {k: v for k, v in metrics.items() if k != "per_image"}
+    if "skipped_unreadable" in summary:  # the files in the summary line, details above
+        summary["skipped_unreadable"] = [s["file"] for s in summary["skipped_unreadable"]]
     logging.getLogger("nucdet").info("results: %s", json.dumps(summary))
     return metrics

@@ -7,13 +7,20 @@ into the submission, streaming with a progress bar.
 Resumable: every finished image is appended to ``predictions.jsonl`` in the output folder
 (flushed and fsynced). A rerun with the same output folder reads it back (a torn last line
 from a kill is ignored), predicts only the remaining images, and writes the submission,
-in input order, atomically: the same file an uninterrupted run writes. When the inputs
+in input order, atomically: the same file an uninterrupted run writes. The file's first
+line is the run's fingerprint (``run_fingerprint``: the predictor's settings and the input
+list); predictions of another run are never reused: a mismatch is a ``StaleOutputError``
+unless ``force`` (then they are discarded). An image that cannot be read stops the run
+with an error naming it (every earlier prediction stays in the file), or with
+``skip_unreadable`` is left out of the submission and listed in the metrics under
+``skipped_unreadable``. When the inputs
 have ground truth, the Kaggle MaP-IoU is computed per image and overall; overlays (image
 + predicted outlines, GT beside when known) are drawn for chosen images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from nucdet.data.imageio import read_image
+from nucdet.data.imageio import ImageReadError, read_image
 from nucdet.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from nucdet.io.writers import make_writer
 from nucdet.structures import ImagePrediction
@@ -40,6 +47,11 @@ SUBMISSION_NAMES = {
     "coco": "coco_results.json",
 }
 PARTIAL_NAME = "predictions.jsonl"
+HEADER_KEY = "nucdet_run"  # key of the fingerprint line that starts PARTIAL_NAME
+
+
+class StaleOutputError(ValueError):
+    """The output folder holds predictions of another run."""
 
 
 @dataclass
@@ -141,20 +153,60 @@ def _from_record(rec: dict) -> ImagePrediction:
     )
 
 
-def read_partial(path: Path) -> dict[str, ImagePrediction]:
-    """Predictions already written by an interrupted run (a torn last line is ignored)."""
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_fingerprint(inputs: Sequence[InputImage], run_key: dict | None = None) -> dict:
+    """What identifies a run's predictions: one digest per part of ``run_key`` (the
+    predictor's settings: models, weights, views, fusion, post-processing) plus one of the
+    input list (ids and resolved paths), and their combined ``run`` digest."""
+    parts = {k: _digest(v) for k, v in (run_key or {}).items()}
+    parts["inputs"] = _digest([[i.image_id, str(Path(i.file_name).resolve())] for i in inputs])
+    return {"run": _digest(parts), "parts": parts}
+
+
+def read_partial(path: Path) -> tuple[dict | None, dict[str, ImagePrediction]]:
+    """The fingerprint line and the predictions already written by an interrupted run
+    (a torn last line is ignored). The fingerprint is None for a file without one."""
     done: dict[str, ImagePrediction] = {}
+    header = None
     if not path.is_file():
-        return done
+        return header, done
     with open(path) as f:
-        for line in f:
+        for n, line in enumerate(f):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 logger.warning("%s: ignoring a torn line (interrupted write)", path)
                 continue
+            if n == 0 and HEADER_KEY in rec:
+                header = rec[HEADER_KEY]
+                continue
             done[rec["image_id"]] = _from_record(rec)
-    return done
+    return header, done
+
+
+def _check_same_run(path: Path, old: dict | None, new: dict, force: bool) -> bool:
+    """True when the predictions in ``path`` may be reused; raise (or, with ``force``,
+    return False) when they belong to another run."""
+    if old is not None and old.get("run") == new["run"]:
+        return True
+    if old is None:
+        why = "it has no run fingerprint (written by an older nucdet, or not by this tool)"
+    else:
+        differ = sorted(
+            k for k in set(old.get("parts", {})) | set(new["parts"])
+            if old.get("parts", {}).get(k) != new["parts"].get(k)
+        )
+        why = f"they differ in: {', '.join(differ)}"
+    if force:
+        logger.warning("%s: predictions of another run discarded (--force): %s", path, why)
+        return False
+    raise StaleOutputError(
+        f"output folder {path.parent} holds predictions of another run ({path.name}: {why}); "
+        "use --force to predict again into it, or another --output"
+    )
 
 
 def run_inference(
@@ -165,13 +217,17 @@ def run_inference(
     num_overlays: int = 8,
     overlay_ids: Sequence[str] = (),
     category_ids: dict[int, int] | None = None,
+    run_key: dict | None = None,
+    force: bool = False,
+    skip_unreadable: bool = False,
 ) -> dict:
     """Predict every input, write the submission, overlays and ``metrics.json``.
 
-    Resumes from ``output_dir/predictions.jsonl`` (see module docstring). Returns the
-    metrics dict (``MaP-IoU`` only when every input has annotations). The COCO results
-    file uses the inputs' ``coco_id`` (dataset inputs) and ``category_ids`` (contiguous
-    class -> COCO id; default k + 1).
+    Resumes from ``output_dir/predictions.jsonl`` when it was written by the same run
+    (``run_key``: JSON-able settings of ``predict``; see module docstring). Returns the
+    metrics dict (``MaP-IoU`` only when every predicted input has annotations). The COCO
+    results file uses the inputs' ``coco_id`` (dataset inputs) and ``category_ids``
+    (contiguous class -> COCO id; default k + 1).
     """
     from nucdet.evaluation.mapiou import map_iou_image
 
@@ -182,20 +238,37 @@ def run_inference(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     partial = output_dir / PARTIAL_NAME
-    done = read_partial(partial)
+    fingerprint = run_fingerprint(inputs, run_key)
+    old, done = read_partial(partial)
+    if partial.is_file() and (old is not None or done):
+        if not _check_same_run(partial, old, fingerprint, force):
+            done = {}
     if done:
         logger.info("resuming: %d of %d images already predicted", len(done), len(inputs))
     # Rewrite the partial file without a torn tail before appending to it.
     with atomic_open(partial, "w") as f:
+        f.write(json.dumps({HEADER_KEY: fingerprint}) + "\n")
         for image_id in ids:
             if image_id in done:
                 f.write(json.dumps(_to_record(done[image_id])) + "\n")
     show = set(overlay_ids) | set(ids[:num_overlays])
+    skipped: list[dict] = []
     with open(partial, "a") as f:
         for item in tqdm(inputs, desc="infer"):
             if item.image_id in done:
                 continue
-            image = read_image(item.file_name)
+            try:
+                image = read_image(item.file_name)
+            except ImageReadError as e:
+                if not skip_unreadable:
+                    raise ImageReadError(
+                        f"{e} (image {item.image_id!r}; the {len(done)} predictions made so far "
+                        f"are kept in {partial} and a rerun resumes from them; "
+                        "--skip-unreadable leaves unreadable images out)"
+                    ) from None
+                logger.warning("skipping unreadable image %s: %s", item.file_name, e)
+                skipped.append({"image_id": item.image_id, "file": item.file_name, "error": str(e)})
+                continue
             pred = predict(image, item)
             f.write(json.dumps(_to_record(pred)) + "\n")
             f.flush()
@@ -213,24 +286,27 @@ def run_inference(
     scores: dict[str, float] = {}
     writer_args = {}
     if fmt == "coco":
-        ids = {i.image_id: i.coco_id for i in inputs if i.coco_id is not None}
-        writer_args = {"image_ids": ids, "category_ids": category_ids}
+        coco_ids = {i.image_id: i.coco_id for i in inputs if i.coco_id is not None}
+        writer_args = {"image_ids": coco_ids, "category_ids": category_ids}
+    predicted = [item for item in inputs if item.image_id in done]
     with make_writer(fmt, output_dir / SUBMISSION_NAMES[fmt], **writer_args) as writer:
-        for item in inputs:
+        for item in predicted:
             pred = done[item.image_id]
             writer.add(pred)
             if item.annotations is not None:
                 gt = gt_rles(item.annotations, pred.height, pred.width)
                 scores[item.image_id] = float(map_iou_image(gt, pred.rles))
     metrics: dict = {
-        "images": len(inputs),
-        "instances": int(sum(len(done[i]) for i in ids)),
+        "images": len(predicted),
+        "instances": int(sum(len(done[i.image_id]) for i in predicted)),
         "submission": str(output_dir / SUBMISSION_NAMES[fmt]),
     }
-    if scores and len(scores) == len(inputs):
+    if skipped:
+        metrics["skipped_unreadable"] = skipped
+    if scores and len(scores) == len(predicted):
         metrics["MaP-IoU"] = float(np.mean(list(scores.values())))
         groups: dict[str, list[float]] = {}
-        for item in inputs:
+        for item in predicted:
             for key in ("modality", "cell_type"):
                 if item.extra and key in item.extra:
                     groups.setdefault(f"MaP-IoU-{item.extra[key]}", []).append(

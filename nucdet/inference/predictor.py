@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.layers.mask_ops import _do_paste_mask
@@ -44,6 +43,7 @@ from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
 from nucdet.inference.masks import CropMasks, paste_extent, paste_grids, raw_to_prediction
+from nucdet.io.checkpoint import CheckedCheckpointer
 from nucdet.structures import ImagePrediction, RawDetections
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class Predictor:
         else:
             self.model = build_model(self.cfg).eval()
             if cfg.MODEL.WEIGHTS:
-                DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+                # Strict: weights that do not fit the config are an error, never a warning.
+                CheckedCheckpointer(self.model, strict=True).load(cfg.MODEL.WEIGHTS)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
@@ -330,7 +331,13 @@ def find_weights(model_dir: str | os.PathLike) -> Path:
             return model_dir / name
     last = model_dir / "last_checkpoint"
     if last.is_file():
-        return model_dir / last.read_text().strip()
+        name = last.read_text().strip()
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(
+                f"no weights in {model_dir}: no model_best.pth or model_final.pth, and "
+                f"{last} names {name!r}, which does not exist"
+            )
+        return model_dir / name
     raise FileNotFoundError(
         f"no weights in {model_dir} (model_best.pth, model_final.pth, last_checkpoint)"
     )

@@ -530,13 +530,13 @@ def _parse_cell(value: str) -> Any:
 def evaluate_run_dir(run_dir: str | os.PathLike) -> dict[str, float]:
     """Evaluate a run's final weights on its DATASETS.TEST as ``train_net.py --eval-only``
     does, and write the flattened results to ``run_dir/sweep_eval.json``."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.evaluation.testing import flatten_results_dict
     from detectron2.utils.logger import setup_logger
 
     from nucdet.data.register import register_all
     from nucdet.engine.defaults import build_cfg
     from nucdet.engine.trainer import Trainer
+    from nucdet.io.checkpoint import CheckedCheckpointer
 
     run_dir = Path(run_dir)
     setup_logger(name="nucdet")
@@ -552,7 +552,7 @@ def evaluate_run_dir(run_dir: str | os.PathLike) -> dict[str, float]:
     cfg.freeze()
     register_all(cfg)
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    CheckedCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS)
     results = Trainer.test(cfg, model) if cfg.DATASETS.TEST else {}
     flat = {k: float(v) for k, v in flatten_results_dict(results or {}).items()}
     atomic_write_json(run_dir / EVAL_FILE, flat, indent=1)

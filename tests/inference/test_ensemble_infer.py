@@ -111,10 +111,13 @@ def test_tta_ensemble_resumes_to_the_same_file(model_dir, images, tmp_path, regi
     _check_submission(full / "submission.csv", images)
 
     # A killed run: two images done, the third half-written; no submission yet.
+    # (Line 0 is the run's fingerprint.)
     part = tmp_path / "part"
     part.mkdir()
     lines = (full / PARTIAL_NAME).read_text().splitlines(keepends=True)
-    (part / PARTIAL_NAME).write_text(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
+    (part / PARTIAL_NAME).write_text(
+        lines[0] + lines[1] + lines[2] + lines[3][: len(lines[3]) // 2]
+    )
     calls = []
 
     def counting(image, item):
