@@ -207,6 +207,8 @@ def check_coco(
             cat_ids.add(c["id"])
     if not cats:
         report.errors.append(f"{json_file}: no categories")
+    if not images:  # an empty conversion must not pass for a dataset
+        report.errors.append(f"{json_file}: no images")
 
     by_id: dict[Any, dict] = {}
     seen_files: dict[str, Any] = {}

@@ -90,6 +90,10 @@ class CocoBuilder:
         }
 
     def write(self, path: str | os.PathLike) -> Path:
+        """Save atomically; zero images is an error (an existing file is left as it is)."""
+        if not self.images:
+            source = self.info.get("source", "the input")
+            raise ValueError(f"{source}: no images found, nothing written to {path}")
         atomic_write_json(path, self.to_dict())
         return Path(path)
 

@@ -56,7 +56,13 @@ def _sartorius(args: argparse.Namespace) -> int:
 def _dsb(args: argparse.Namespace) -> int:
     from nucdet.data.dsb import dsb_to_coco
 
-    out = dsb_to_coco(args.root, args.output, image_ids=_names(args.ids), workers=args.workers)
+    out = dsb_to_coco(
+        args.root,
+        args.output,
+        image_ids=_names(args.ids),
+        workers=args.workers,
+        skip_bad=args.skip_bad,
+    )
     print(f"wrote {out} (image root {args.root})")
     return _check(out, Path(args.root)) if args.check else 0
 
@@ -125,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--ids", help="comma-separated image ids to convert (default: all)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--skip-bad", action="store_true", help="leave out sample folders without images/"
+    )
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_dsb)
 

@@ -10,6 +10,7 @@ modality to its COCO image entry, for per-modality breakdowns.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,14 +24,35 @@ from nucdet.data.coco import CocoBuilder
 from nucdet.data.imageio import ImageReadError, image_size
 
 CATEGORIES = ["nucleus"]
+logger = logging.getLogger(__name__)
 
 
-def list_dsb_ids(root: str | os.PathLike) -> list[str]:
-    """Sorted sample ids under a DSB root (folders holding ``images/<id>.png``)."""
+def list_dsb_ids(root: str | os.PathLike, skip_bad: bool = False) -> list[str]:
+    """Sorted sample ids under a DSB root (folders holding ``images/<id>.png``).
+
+    A sample folder without ``images/<id>.png`` (a half-extracted archive) is an error
+    naming it, unless ``skip_bad`` (then it is left out, with a warning naming it). No
+    sample at all is an error. Hidden folders (``.ipynb_checkpoints``) are ignored.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"DSB folder not found: {root}")
-    return sorted(p.name for p in root.iterdir() if (p / "images" / f"{p.name}.png").is_file())
+    ids, bad = [], []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        (ids if (p / "images" / f"{p.name}.png").is_file() else bad).append(p.name)
+    if bad:
+        what = (
+            f"{root}: {len(bad)} sample folder(s) without images/<id>.png: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+        )
+        if not skip_bad:
+            raise FileNotFoundError(f"{what} (--skip-bad leaves them out)")
+        logger.warning("%s: left out (--skip-bad)", what)
+    if not ids:
+        raise FileNotFoundError(f"{root}: no DSB samples (<id>/images/<id>.png) found")
+    return ids
 
 
 def read_dsb_masks(sample_dir: str | os.PathLike, shape: tuple[int, int]) -> list[np.ndarray]:
@@ -59,14 +81,18 @@ def dsb_to_coco(
     image_ids: Sequence[str] | None = None,
     samples_json: str | os.PathLike | None = None,
     workers: int = 2,
+    skip_bad: bool = False,
 ) -> Path:
     """Convert a DSB folder (or the listed ``image_ids`` of it) to a COCO JSON file.
 
     ``file_name`` entries are relative to ``root`` (``<id>/images/<id>.png``), so the
-    registered image root is ``root`` itself. The output is written atomically.
+    registered image root is ``root`` itself. The output is written atomically. Sample
+    folders without ``images/`` fail the conversion unless ``skip_bad`` (``list_dsb_ids``).
     """
     root = Path(root)
-    ids = list_dsb_ids(root) if image_ids is None else list(image_ids)
+    ids = list_dsb_ids(root, skip_bad=skip_bad) if image_ids is None else list(image_ids)
+    if not ids:
+        raise ValueError(f"{root}: no image ids to convert")
     missing = [i for i in ids if not (root / i / "images" / f"{i}.png").is_file()]
     if missing:
         raise FileNotFoundError(f"{root}: no images/<id>.png for ids {missing[:5]}")

@@ -31,6 +31,7 @@ lists such as ``POSTPROCESS.SCORE_THRESH`` follow it).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -57,6 +58,30 @@ IMAGE_EXTRA_KEYS = (
     "sample_date",
     "elapsed_timedelta",
 )
+
+
+class UnknownDatasetError(KeyError):
+    """A dataset name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence
+        return str(self.args[0])
+
+
+def require_registered(names: Any, where: str = "dataset") -> None:
+    """Raise ``UnknownDatasetError`` for the first name of ``names`` that is not registered,
+    with the closest registered names (not the whole catalog)."""
+    known = DatasetCatalog.list()
+    for name in [names] if isinstance(names, str) else list(names):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        raise UnknownDatasetError(
+            f"{where}: dataset {name!r} is not registered"
+            + (f"; closest: {', '.join(close)}" if close else "")
+            + f" ({len(known)} names are registered: the predefined ones of "
+            "nucdet.data.register, and yours with DATASETS.REGISTER "
+            "\"[['name', 'file.json', 'image_root/']]\")"
+        )
 
 
 def cache_dir() -> Path:

@@ -57,6 +57,8 @@ def read_sartorius_csv(csv_file: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"Sartorius CSV not found: {csv_file}")
     try:
         df = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise SartoriusFormatError(f"{csv_file}: empty file (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise SartoriusFormatError(f"{csv_file}: not a readable CSV ({e})") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -92,8 +94,29 @@ def sartorius_to_coco(
     csv_file = Path(csv_file)
     image_dir = Path(image_dir) if image_dir is not None else csv_file.parent / "train"
     df = read_sartorius_csv(csv_file)
+    if df.empty:
+        raise SartoriusFormatError(f"{csv_file}: a header but no rows: no images to convert")
     rows_of = {k: v for k, v in df.groupby("id", sort=False).indices.items()}
+    # Exact repeats of a row (a CSV concatenated twice, a bad merge) would become duplicate
+    # instances: kept once, with a warning and a note in the output's info.
+    repeats = df.duplicated(keep="first").to_numpy()
+    if repeats.any():
+        first_of = df.reset_index().groupby(list(df.columns), sort=False)["index"].transform("min")
+        shown = [f"line {_line(r)} = line {_line(first_of.iat[r])}" for r in
+                 repeats.nonzero()[0][:5]]  # fmt: skip
+        logger.warning(
+            "%s: %d exact duplicate row(s) kept once (%s%s)",
+            csv_file,
+            int(repeats.sum()),
+            ", ".join(shown),
+            ", ..." if repeats.sum() > 5 else "",
+        )
+        rows_of = {k: v[~repeats[v]] for k, v in rows_of.items()}
     ids = list(rows_of) if image_ids is None else [str(i) for i in image_ids]
+    if len(set(ids)) < len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        logger.warning("image ids given more than once, converted once: %s", twice[:5])
+        ids = list(dict.fromkeys(ids))
     unknown = [i for i in ids if i not in rows_of]
     if unknown:
         raise SartoriusFormatError(f"{csv_file}: no rows for image ids {unknown[:5]}")
@@ -116,7 +139,10 @@ def sartorius_to_coco(
             raise type(e)(f"{e} (needed by {csv_file} line {_line(first)})") from e
 
     annotation = df["annotation"].to_numpy()
-    builder = CocoBuilder(names, info={"source": str(csv_file), "format": "sartorius"})
+    info = {"source": str(csv_file), "format": "sartorius"}
+    if repeats.any():
+        info["duplicate_rows_dropped"] = int(repeats.sum())
+    builder = CocoBuilder(names, info=info)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         sizes = pool.map(size_of, ids)
         for image_id, (h, w) in tqdm(zip(ids, sizes), total=len(ids), desc="sartorius->coco"):

@@ -46,6 +46,18 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None, epilog: str | None = None) -> argparse.Namespace:
+    """``argument_parser().parse_args`` that also accepts ``--resume`` / ``--eval-only``
+    written after the ``KEY VALUE`` overrides (argparse leaves them among the overrides)."""
+    from nucdet.engine.defaults import pop_flags
+
+    args = argument_parser(epilog).parse_args(argv)
+    args.opts, found = pop_flags(args.opts, ("--resume", "--eval-only"))
+    args.resume = args.resume or "--resume" in found
+    args.eval_only = args.eval_only or "--eval-only" in found
+    return args
+
+
 def resolve_backend(backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

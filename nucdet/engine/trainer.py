@@ -18,6 +18,7 @@ Warmup, LR schedule and gradient clipping are detectron2's, read from ``SOLVER.*
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import weakref
@@ -66,6 +67,77 @@ def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
     if cfg.is_frozen():
         out.freeze()
     return cfg if out == cfg else out
+
+
+class RunDirError(ValueError):
+    """OUTPUT_DIR holds checkpoints of a run with another model config."""
+
+
+# What the checkpoints of a run depend on: the model (its shapes and its meaning), and
+# the channel order the weights were trained on. The rest (schedule, data, evaluation)
+# may change when a run is resumed or evaluated again.
+RUN_IDENTITY_IGNORED = ("MODEL.WEIGHTS", "MODEL.DEVICE")
+
+
+def _flat(cfg: CfgNode, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in cfg.items():
+        if isinstance(v, CfgNode):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def run_identity_differences(old: CfgNode, new: CfgNode) -> list[str]:
+    """``KEY: old -> new`` for every key of ``MODEL`` (but ``RUN_IDENTITY_IGNORED``) and
+    ``INPUT.FORMAT`` where two configs differ."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(
+        k
+        for k in set(a) | set(b)
+        if (k.startswith("MODEL.") or k == "INPUT.FORMAT") and k not in RUN_IDENTITY_IGNORED
+    )
+
+    def norm(v: object) -> object:  # a dumped config reads tuples back as lists
+        return json.loads(json.dumps(v, default=str))
+
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if norm(a.get(k)) != norm(b.get(k))]
+
+
+def check_output_dir(cfg: CfgNode) -> None:
+    """Refuse an ``OUTPUT_DIR`` that holds checkpoints (``model_*.pth``, ``last_checkpoint``)
+    of another model config: training or evaluating there would replace its
+    ``config.yaml`` with one that does not describe its weights (``infer.py`` reads it).
+
+    Raises ``RunDirError`` naming the differing keys. Nothing is written."""
+    from nucdet.engine.defaults import build_cfg
+
+    out = cfg.OUTPUT_DIR
+    if not out or not os.path.isdir(out):
+        return
+    saved = os.path.join(out, "config.yaml")
+    checkpoints = sorted(
+        f for f in os.listdir(out) if f == "last_checkpoint" or (
+            f.startswith("model_") and f.endswith(".pth"))
+    )  # fmt: skip
+    if not checkpoints or not os.path.isfile(saved):
+        return
+    try:
+        old = build_cfg(saved)
+    except (ValueError, KeyError, OSError) as e:
+        raise RunDirError(
+            f"OUTPUT_DIR {out} holds checkpoints ({', '.join(checkpoints[:3])}) and a "
+            f"config.yaml that cannot be read ({e}); give another OUTPUT_DIR"
+        ) from None
+    diff = run_identity_differences(old, cfg)
+    if diff:
+        raise RunDirError(
+            f"OUTPUT_DIR {out} holds checkpoints ({', '.join(checkpoints[:3])}) of another "
+            f"model config; its config.yaml differs in {'; '.join(diff[:6])}"
+            + (f" (+{len(diff) - 6} more)" if len(diff) > 6 else "")
+            + ". Give another OUTPUT_DIR (its config.yaml is left as it is)."
+        )
 
 
 class Trainer(DefaultTrainer):

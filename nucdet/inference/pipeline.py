@@ -87,9 +87,9 @@ def dataset_inputs(name: str) -> list[InputImage]:
     from detectron2.data import DatasetCatalog
 
     from nucdet.data.coco import image_keys
+    from nucdet.data.register import require_registered
 
-    if name not in DatasetCatalog.list():
-        raise KeyError(f"dataset {name!r} is not registered; known: {DatasetCatalog.list()}")
+    require_registered(name, "--dataset")
     dicts = DatasetCatalog.get(name)
     names, coco_ids = image_keys(
         [d["file_name"] for d in dicts], [d.get("image_id") for d in dicts], name

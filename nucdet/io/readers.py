@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -81,31 +82,54 @@ def read_rle_csv(
         raise SubmissionError(f"submission file not found: {path}")
     masks: dict[str, list[np.ndarray]] = {}
     lines: dict[str, list[int]] = {}
-    with open(path, newline="") as f:
+    # The RLE of a large ragged mask can pass csv's default field limit (131072 chars).
+    limit = csv.field_size_limit()
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for col in (id_column, rle_column):
-            if col not in header:
-                raise SubmissionError(f"{path}: no column {col!r} (header: {header})")
-        for row in reader:
-            line = reader.line_num
-            image_id = (row[id_column] or "").strip()
-            if image_id not in refs:
-                raise SubmissionError(f"{path}, line {line}: unknown image id {image_id!r}")
-            ref = refs[image_id]
-            masks.setdefault(image_id, [])
-            lines.setdefault(image_id, [])
-            text = (row[rle_column] or "").strip()
-            if not text:
-                continue
-            try:
-                idx = rle_to_indices(text, (ref.height, ref.width), order)
-            except ValueError as e:
-                raise SubmissionError(
-                    f"{path}, line {line} (image {image_id}): bad RLE: {e}"
-                ) from None
-            masks[image_id].append(idx)
-            lines[image_id].append(line)
+        try:
+            csv.field_size_limit(max(limit, 1 << 30))
+            _read_rows(path, reader, refs, order, id_column, rle_column, masks, lines)
+        except UnicodeDecodeError as e:
+            raise SubmissionError(
+                f"{path}: not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset "
+                f"{e.start} of a block after line {reader.line_num}); save it as UTF-8 CSV"
+            ) from None
+        except csv.Error as e:  # e.g. an unterminated quote, a NUL byte before Python 3.11
+            raise SubmissionError(f"{path}, line {reader.line_num}: not a CSV line ({e})") from None
+        finally:
+            csv.field_size_limit(limit)
+    return _collect(path, refs, masks, lines, allow_overlap, require_all)
+
+
+def _read_rows(path, reader, refs, order, id_column, rle_column, masks, lines) -> None:
+    """Each row's pixel indices into ``masks[image_id]``, its line into ``lines``."""
+    header = reader.fieldnames or []
+    if not header:
+        raise SubmissionError(f"{path}: empty file (no header {id_column},{rle_column})")
+    for col in (id_column, rle_column):
+        if col not in header:
+            raise SubmissionError(f"{path}: no column {col!r} (header: {header})")
+    for row in reader:
+        line = reader.line_num
+        image_id = (row[id_column] or "").strip()
+        if image_id not in refs:
+            raise SubmissionError(f"{path}, line {line}: unknown image id {image_id!r}")
+        ref = refs[image_id]
+        masks.setdefault(image_id, [])
+        lines.setdefault(image_id, [])
+        text = (row[rle_column] or "").strip()
+        if not text:
+            continue
+        try:
+            idx = rle_to_indices(text, (ref.height, ref.width), order)
+        except ValueError as e:
+            raise SubmissionError(f"{path}, line {line} (image {image_id}): bad RLE: {e}") from None
+        masks[image_id].append(idx)
+        lines[image_id].append(line)
+
+
+def _collect(path, refs, masks, lines, allow_overlap, require_all) -> dict[str, ImagePrediction]:
+    """Every image present (``require_all``), no overlaps (unless allowed), as predictions."""
     missing = [i for i in refs if i not in masks]
     if require_all and missing:
         raise SubmissionError(
@@ -151,10 +175,12 @@ def read_coco_results(
     if not path.is_file():
         raise SubmissionError(f"submission file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             entries = json.load(f)
     except json.JSONDecodeError as e:
         raise SubmissionError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise SubmissionError(f"{path}: not UTF-8 text (offset {e.start})") from None
     if not isinstance(entries, list):
         raise SubmissionError(f"{path}: a COCO results file is a JSON list of detections")
     refs = list(images)
@@ -181,6 +207,8 @@ def read_coco_results(
             raise SubmissionError(f"{where}: unknown category_id {r['category_id']!r}")
         try:
             score = float(r["score"])
+            if not math.isfinite(score):  # MaP-IoU would drop it, COCO AP keep it
+                raise ValueError(f"score {r['score']!r} is not a finite number")
             rle = segmentation_to_rle(r["segmentation"], im.height, im.width)
             decode_rle_pixels([rle], im.height, im.width)  # reject corrupt counts here
         except (TypeError, ValueError) as e:
