@@ -270,10 +270,8 @@ def run_inference(
                 skipped.append({"image_id": item.image_id, "file": item.file_name, "error": str(e)})
                 continue
             pred = predict(image, item)
-            f.write(json.dumps(_to_record(pred)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            done[item.image_id] = pred
+            # The overlay before the record: a kill between the two re-predicts the image
+            # (same overlay again) instead of leaving it without its overlay on resume.
             if item.image_id in show:
                 gt = None
                 if item.annotations is not None:
@@ -283,6 +281,10 @@ def run_inference(
                 over = prediction_overlay(image, pred.label_image(), gt)
                 _, png = cv2.imencode(".png", over)
                 atomic_write_bytes(output_dir / "overlays" / f"{item.image_id}.png", png.tobytes())
+            f.write(json.dumps(_to_record(pred)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[item.image_id] = pred
     scores: dict[str, float] = {}
     writer_args = {}
     if fmt == "coco":
