@@ -48,7 +48,10 @@ def list_dsb_ids(root: str | os.PathLike, skip_bad: bool = False) -> list[str]:
             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
         )
         if not skip_bad:
-            raise FileNotFoundError(f"{what} (--skip-bad leaves them out)")
+            raise FileNotFoundError(
+                f"{what}; complete or remove them (`python -m nucdet.data.convert dsb "
+                "--skip-bad` converts without them)"
+            )
         logger.warning("%s: left out (--skip-bad)", what)
     if not ids:
         raise FileNotFoundError(f"{root}: no DSB samples (<id>/images/<id>.png) found")

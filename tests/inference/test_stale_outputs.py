@@ -153,3 +153,18 @@ def test_unreadable_image_is_named_and_earlier_records_kept(images, tmp_path):
     assert [s["file"] for s in metrics["skipped_unreadable"]] == [str(bad)]
     rows = (out / "submission.csv").read_text().splitlines()
     assert sorted({r.split(",")[0] for r in rows[1:]}) == [i.image_id for i in inputs[:2]]
+
+
+def test_skip_unreadable_is_in_the_run_summary(models, images, tmp_path, registered, caplog):
+    a, _ = models
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    bad = folder / "zz_cut.png"
+    data = next(folder.glob("*.png")).read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="zz_cut.png"):
+        _infer(a, folder, tmp_path / "out")
+    metrics = _infer(a, folder, tmp_path / "out", "--skip-unreadable")
+    assert metrics["images"] == 2 and metrics["skipped_unreadable"][0]["file"] == str(bad)
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("results:")]
+    assert f'"skipped_unreadable": ["{bad}"]' in summary[-1]
