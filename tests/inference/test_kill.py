@@ -4,8 +4,8 @@ never a torn file, and a rerun ends with the byte-identical result of an uninter
 
 The random-moment kills run the real pipeline with a cheap stand-in model
 (``pipeline_child.py``) and the real DSB converter; one more test kills the real
-``ensemble_infer.py`` (tiny random-init model, two TTA views) after its first record
-(slow: ``make test-slow``).
+``ensemble_infer.py`` (tiny random-init model, two TTA views) after its first record and
+at seeded random moments of its job (slow: ``make test-slow``).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def test_killed_converter_leaves_old_or_new_json(tmp_path):
     assert len(json.loads(new)["images"]) == 24
 
 
-@pytest.mark.slow  # two torch start-ups and numba compilations: ~30 s on 2 busy cores
+@pytest.mark.slow  # ten torch start-ups and numba compilations: ~2 minutes on 2 busy cores
 def test_killed_ensemble_infer_resumes_to_the_same_bytes(tmp_path, registered):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -163,3 +163,33 @@ def test_killed_ensemble_infer_resumes_to_the_same_bytes(tmp_path, registered):
     done = partial.read_text().count("\n") - 1
     assert _run(cmd).returncode == 0
     assert _files(out) == ref, f"{done} records before the kill"
+
+    # Random moments (seeded) between the start of the job (its resume file appears, the
+    # model is built) and a little after the time an uninterrupted job takes.
+    job = _start_job(cmd[:-1] + [str(tmp_path / "timed")], tmp_path / "timed" / PARTIAL_NAME)
+    t_job = time.monotonic()
+    assert job.wait(timeout=240) == 0
+    job_time = time.monotonic() - t_job
+    for seed in SEEDS:
+        out = tmp_path / f"out{seed}"
+        proc = _start_job(cmd[:-1] + [str(out)], out / PARTIAL_NAME)
+        delay = np.random.default_rng(seed).uniform(0, 1.2 * job_time)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        got = _files(out)
+        assert got.get("submission.csv") in (None, ref["submission.csv"]), (seed, delay)
+        assert _run(cmd[:-1] + [str(out)]).returncode == 0
+        assert _files(out) == ref, (seed, delay)
+
+
+def _start_job(cmd, partial: Path) -> subprocess.Popen:
+    """Start ``cmd``; return once its resume file exists (imports done, model built)."""
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not partial.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
