@@ -516,6 +516,33 @@ def _empty_result(raws: Sequence[RawDetections], image_id: str) -> FusionResult:
     return FusionResult(ImagePrediction(image_id, h, w), np.zeros((0, 4), np.float32), [])
 
 
+def _clusters_in_pixels(
+    raws: Sequence[RawDetections],
+    w: np.ndarray,
+    names: Sequence[str] | None,
+    iou_thr: float,
+    skip_box_thr: float,
+    conf_type: str,
+    verify: bool,
+) -> tuple[np.ndarray, WBFClusters]:
+    """``wbf_clusters`` of the inputs' boxes normalised by the image size; returns the
+    (4,) xyxy scale back to pixels with the clusters."""
+    h, wd = raws[0].height, raws[0].width
+    scale = np.array([wd, h, wd, h], np.float64)
+    cl = wbf_clusters(
+        [r.boxes.astype(np.float64) / scale for r in raws],
+        [r.scores for r in raws],
+        [r.classes for r in raws],
+        w,
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+        conf_type=conf_type,
+        names=names,
+        verify=verify,
+    )
+    return scale, cl
+
+
 def fuse_wbf_mask_vote(
     raws: Sequence[RawDetections],
     weights: Sequence[float] | None = None,
@@ -545,19 +572,7 @@ def fuse_wbf_mask_vote(
     t, j, boxes, scores, classes, grids = _concat(raws)
     if len(t) == 0:
         return _empty_result(raws, image_id)
-    scale = np.array([wd, h, wd, h], np.float64)
-    norm = [r.boxes.astype(np.float64) / scale for r in raws]
-    cl = wbf_clusters(
-        norm,
-        [r.scores for r in raws],
-        [r.classes for r in raws],
-        w,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        names=names,
-        verify=verify,
-    )
+    scale, cl = _clusters_in_pixels(raws, w, names, iou_thr, skip_box_thr, conf_type, verify)
     if len(cl.boxes) == 0:
         return _empty_result(raws, image_id)
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in raws])])
@@ -622,18 +637,7 @@ def fuse_mask_rerun(
     h, wd = raws[0].height, raws[0].width
     if sum(len(r) for r in raws) == 0:
         return _empty_result(raws, image_id)
-    scale = np.array([wd, h, wd, h], np.float64)
-    cl = wbf_clusters(
-        [r.boxes.astype(np.float64) / scale for r in raws],
-        [r.scores for r in raws],
-        [r.classes for r in raws],
-        w,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        names=names,
-        verify=verify,
-    )
+    scale, cl = _clusters_in_pixels(raws, w, names, iou_thr, skip_box_thr, conf_type, verify)
     if len(cl.boxes) == 0:
         return _empty_result(raws, image_id)
     fused = (cl.boxes * scale).astype(np.float32)

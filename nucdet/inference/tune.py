@@ -330,19 +330,24 @@ def read_postprocess(yaml_path: str | Path) -> dict[str, Any]:
     return node
 
 
+def _read_mapping(path: Path) -> dict:
+    """The YAML mapping in ``path`` ({} when the file is missing or empty)."""
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        loaded = yaml.safe_load(f)
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: top level is not a mapping")
+    return loaded or {}
+
+
 def write_postprocess(yaml_path: str | Path, values: dict[str, Any]) -> None:
     """Write ``POSTPROCESS`` keys into ``yaml_path``, keeping its other keys, in the form
     its reader takes: an ensemble YAML (it has ``models``; ``nucdet.inference.ensemble``)
     gets them under ``postprocess:``, any other file (a model config, or a new file) under
     ``POSTPROCESS:``. Written atomically (comments in the file are not kept)."""
     path = Path(yaml_path)
-    data: dict = {}
-    if path.exists():
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level is not a mapping")
-        data = loaded or {}
+    data = _read_mapping(path)
     section = _section(data)
     node = data.setdefault(section, {}) if data.get(section) is not None else None
     if node is None:
@@ -366,13 +371,7 @@ def write_thresholds(
     or config form).
     """
     path = Path(yaml_path)
-    data: dict = {}
-    if path.exists():
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: top level is not a mapping")
-        data = loaded or {}
+    data = _read_mapping(path)
     node = data
     parts = key.split(".")
     for p in parts[:-1]:
