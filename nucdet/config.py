@@ -6,7 +6,14 @@ before ``merge_from_file``. Keys are grouped by the module that reads them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from detectron2.config import CfgNode as CN
+
+PRECISIONS = ("fp32", "bf16", "auto")
+# /proc/cpuinfo flags of CPU units that multiply bf16 natively (Intel AMX, AVX-512 BF16 on
+# Intel and AMD Zen 4); without them torch emulates bf16, slower than fp32.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def add_nucdet_config(cfg: CN) -> CN:
@@ -59,6 +66,9 @@ def add_nucdet_config(cfg: CN) -> CN:
     # Evaluators run on DATASETS.TEST: any of "nuclei" (NucleiEvaluator: TEST.METRICS) and
     # "coco" (detectron2's COCOEvaluator); several are merged (nucdet.evaluation.evaluator).
     _C.TEST.EVALUATORS = ["nuclei"]
+    # Network precision at inference (nucdet.inference.predictor): "fp32", "bf16" (autocast
+    # + channels_last; boxes, masks and metrics stay fp32), "auto" (resolve_precision).
+    _C.TEST.PRECISION = "fp32"
 
     # ---- inference and post-processing (nucdet.inference) ------------------------------
     _C.POSTPROCESS = CN()
@@ -72,3 +82,40 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.POSTPROCESS.MIN_FRAGMENT = 0  # drop connected pieces smaller than this (0 = keep all)
     _C.POSTPROCESS.SKIP_MASKS_BELOW_THRESH = True  # no mask head below min(SCORE_THRESH): faster
     return cfg
+
+
+def resolve_precision(
+    precision: str, device: str, cpu_flags: Collection[str], cuda_bf16: bool = False
+) -> str:
+    """``TEST.PRECISION`` -> ``"fp32"`` or ``"bf16"`` for a model on ``device``.
+
+    ``"auto"`` is bf16 on a CPU whose ``cpu_flags`` (``/proc/cpuinfo``) include one of
+    ``CPU_BF16_FLAGS``, or on a CUDA device when ``cuda_bf16`` (bf16 supported), else fp32.
+    Pure: the caller reads the machine (``nucdet.inference.predictor.precision_from_cfg``).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"TEST.PRECISION must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if cuda_bf16 else "fp32"
+    return "bf16" if any(f in cpu_flags for f in CPU_BF16_FLAGS) else "fp32"
+
+
+def read_cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, frozenset[str]]:
+    """(CPU model name, flags) of the first processor in ``path``; ("", {}) where the file
+    does not exist (not Linux): ``auto`` then resolves to fp32 on the CPU."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return "", frozenset()
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+    return model, flags

@@ -11,7 +11,9 @@
 - ``metrics.json`` + TensorBoard written every ``SOLVER.LOG_PERIOD`` iterations and at every
   checkpoint, cut back to the resumed iteration on ``--resume`` (no duplicates, no gap);
 - atomic checkpoints, ``MODEL.WEIGHTS`` as URL / local file / "" with clear errors;
-- DDP on CPU (gloo, no device ids) as well as on GPUs; AMP only on CUDA.
+- DDP on CPU (gloo, no device ids) as well as on GPUs; ``SOLVER.AMP.ENABLED``: fp16 with
+  detectron2's AMPTrainer on CUDA, bf16 autocast without a grad scaler on the CPU
+  (``nucdet.engine.amp``).
 
 Warmup, LR schedule and gradient clipping are detectron2's, read from ``SOLVER.*``.
 """
@@ -38,6 +40,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
+from nucdet.engine.amp import CPUAMPTrainer
 from nucdet.engine.checkpoint import NucleiCheckpointer
 from nucdet.engine.freeze import freeze_parameters
 from nucdet.engine.hooks import MetricsWriter, ResumableBestCheckpointer
@@ -48,8 +51,8 @@ logger = logging.getLogger(__name__)
 def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
     """Settings that depend on the machine or on other keys, resolved once before training.
 
-    - ``SOLVER.AMP.ENABLED`` is switched off when ``MODEL.DEVICE`` is not CUDA (detectron2's
-      AMPTrainer needs CUDA), with a log line;
+    - ``SOLVER.AMP.ENABLED`` is switched off when ``MODEL.DEVICE`` is neither CUDA
+      (detectron2's AMPTrainer) nor the CPU (bf16, ``nucdet.engine.amp``), with a log line;
     - ``INPUT.NORMALIZATION`` is turned into ``MODEL.PIXEL_MEAN/STD`` (again: ``build_cfg``
       already does it; a config built otherwise gets it here).
 
@@ -60,8 +63,9 @@ def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
 
     out = cfg.clone()
     out.defrost()
-    if out.SOLVER.AMP.ENABLED and not out.MODEL.DEVICE.startswith("cuda"):
-        logger.info("SOLVER.AMP.ENABLED: mixed precision needs CUDA, off on %s", out.MODEL.DEVICE)
+    device = out.MODEL.DEVICE
+    if out.SOLVER.AMP.ENABLED and not (device.startswith("cuda") or device == "cpu"):
+        logger.info("SOLVER.AMP.ENABLED: mixed precision needs CUDA or the CPU, off on %s", device)
         out.SOLVER.AMP.ENABLED = False
     apply_normalization(out)
     if cfg.is_frozen():
@@ -160,9 +164,13 @@ class Trainer(DefaultTrainer):
             broadcast_buffers=False,
             device_ids=[comm.get_local_rank()] if on_cuda else None,
         )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if not cfg.SOLVER.AMP.ENABLED:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        elif on_cuda:
+            self._trainer = AMPTrainer(model, data_loader, optimizer)
+        else:  # detectron2's AMPTrainer is CUDA-only: bf16 autocast, no grad scaler
+            logger.info("SOLVER.AMP.ENABLED on the CPU: bf16 autocast, no grad scaler")
+            self._trainer = CPUAMPTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = NucleiCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

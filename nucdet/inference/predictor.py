@@ -19,6 +19,12 @@ post-processing threshold) and in a third of the memory:
   still counts them) and get an empty mask. After ``postprocess`` the output equals
   ``DefaultPredictor``'s post-processed output exactly.
 
+``TEST.PRECISION`` (``precision_from_cfg``) bf16 runs the network (backbone, RPN, box and
+mask heads) under ``torch.autocast`` with bf16 and channels_last weights; boxes, scores
+and mask probabilities come out as float32, and everything after the network (pasting,
+fusion, metrics) is fp32. bf16 masks are not pixel-identical to fp32: fp32 (the default)
+is what equals ``DefaultPredictor``.
+
 The mask head computes every region of interest independently, so running it on a subset
 gives those detections bit-identical probabilities (checked by
 ``tests/inference/test_predictor.py``). This module stops at one prediction per image;
@@ -27,6 +33,7 @@ TTA, fusion and post-processing live in their own modules.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -40,15 +47,42 @@ from detectron2.data import transforms as T
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import GeneralizedRCNN
+from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
+from nucdet.config import read_cpuinfo, resolve_precision
 from nucdet.inference.masks import CropMasks, paste_extent, paste_grids, raw_to_prediction
 from nucdet.io.checkpoint import CheckedCheckpointer
 from nucdet.structures import ImagePrediction, RawDetections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "find_weights", "mask_score_floor_from_cfg", "paste_is_exact"]
+__all__ = [
+    "Predictor",
+    "find_weights",
+    "mask_score_floor_from_cfg",
+    "paste_is_exact",
+    "precision_from_cfg",
+]
+
+
+def precision_from_cfg(cfg: CfgNode) -> str:
+    """``TEST.PRECISION`` resolved on this machine for ``MODEL.DEVICE`` (``"fp32"`` or
+    ``"bf16"``): the CPU's ``/proc/cpuinfo`` flags, or CUDA's bf16 support."""
+    device = cfg.MODEL.DEVICE
+    cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported(
+        including_emulation=False
+    )
+    return resolve_precision(cfg.TEST.PRECISION, device, read_cpuinfo()[1], cuda_bf16)
+
+
+@functools.cache
+def _log_precision(requested: str, resolved: str, device: str) -> None:
+    """Once per process and setting, not once per predictor (an ensemble builds several)."""
+    cpu_model, flags = read_cpuinfo()
+    units = sorted(f for f in flags if "bf16" in f) or ["none"]
+    where = device if device.startswith("cuda") else f"{cpu_model or 'cpu'}, bf16 flags {units}"
+    logger.info("TEST.PRECISION %s: network in %s (%s)", requested, resolved, where)
 
 
 def mask_score_floor_from_cfg(cfg: CfgNode) -> float:
@@ -104,6 +138,11 @@ class Predictor:
         self.mask_score_floor = (
             mask_score_floor_from_cfg(cfg) if mask_score_floor is None else mask_score_floor
         )
+        self.precision = precision_from_cfg(self.cfg)
+        _log_precision(self.cfg.TEST.PRECISION, self.precision, self.cfg.MODEL.DEVICE)
+        if self.precision == "bf16":
+            # In place, also for a ``model`` given: the layout changes no value.
+            self.model.to(memory_format=torch.channels_last)
         m = self.model
         # The split box stage / mask stage needs detectron2's R-CNN layout; anything else
         # runs whole (all masks computed), which is still exact.
@@ -113,6 +152,12 @@ class Predictor:
             and hasattr(m.roi_heads, "_forward_box")
             and hasattr(m.roi_heads, "forward_with_given_boxes")
         )
+
+    def _network(self) -> contextlib.AbstractContextManager:
+        """The precision the network runs in (``TEST.PRECISION``); fp32 changes nothing."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.cfg.MODEL.DEVICE).type, dtype=torch.bfloat16)
 
     def _resize(self, scale: float) -> T.Augmentation:
         """The test resize; ``scale`` != 1 multiplies ``INPUT.MIN_SIZE_TEST`` and
@@ -143,6 +188,19 @@ class Predictor:
     ) -> tuple[Instances, np.ndarray]:
         """Network-resolution detections and which of them carry a computed mask
         (``keep``: receives the backbone ``features``, for ``raw_with_mask_head``)."""
+        with self._network():
+            inst, has_mask = self._network_instances(inputs, floor, keep)
+        # Network outputs to fp32 (bf16 autocast leaves scores and mask probabilities bf16;
+        # detectron2 decodes boxes in fp32 already): pasting and what follows stay fp32.
+        inst.scores = inst.scores.float()
+        inst.pred_boxes.tensor = inst.pred_boxes.tensor.float()
+        if inst.has("pred_masks"):
+            inst.pred_masks = inst.pred_masks.float()
+        return inst, has_mask
+
+    def _network_instances(
+        self, inputs: list[dict], floor: float, keep: dict | None
+    ) -> tuple[Instances, np.ndarray]:
         m = self.model
         if not self._can_split:
             if keep is not None:
@@ -156,13 +214,16 @@ class Predictor:
         # (forward_with_given_boxes) given only the detections at or above the floor, in
         # chunks of ``mask_batch``.
         images = m.preprocess_image(inputs)
-        features = m.backbone(images.tensor)
+        pixels = images.tensor
+        if self.precision == "bf16":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        features = m.backbone(pixels)
         if keep is not None:
             keep["features"] = features
         proposals, _ = m.proposal_generator(images, features, None)
-        inst = m.roi_heads._forward_box(features, proposals)[0]
+        inst = self._forward_box(features, proposals)[0]
         # Compared in float64 as post-processing does (float32 scores, float64 thresholds).
-        has_mask = inst.scores.cpu().numpy().astype(np.float64) >= floor
+        has_mask = inst.scores.float().cpu().numpy().astype(np.float64) >= floor
         if not m.roi_heads.mask_on:
             return inst, has_mask
         idx = torch.from_numpy(np.flatnonzero(has_mask)).to(inst.scores.device)
@@ -176,6 +237,25 @@ class Predictor:
         full[idx] = probs
         inst.pred_masks = full
         return inst, has_mask
+
+    def _forward_box(self, features: dict, proposals: list[Instances]) -> list[Instances]:
+        """``roi_heads._forward_box`` (eval); in bf16, with the box predictor in fp32.
+
+        The predictor's two linear layers are a sliver of the compute, but in bf16 its
+        softmax rounds every score above 1 - 2**-9 to exactly 1 (ties that scramble the
+        ranking AP, fusion and the floor depend on); in fp32 its scores keep their order.
+        """
+        rh = self.model.roi_heads
+        if self.precision != "bf16" or type(rh)._forward_box is not StandardROIHeads._forward_box:
+            return rh._forward_box(features, proposals)
+        # StandardROIHeads._forward_box, eval branch, line for line.
+        x = rh.box_pooler(
+            [features[f] for f in rh.box_in_features], [p.proposal_boxes for p in proposals]
+        )
+        x = rh.box_head(x)
+        with torch.autocast(torch.device(self.cfg.MODEL.DEVICE).type, enabled=False):
+            predictions = rh.box_predictor(x.float())
+            return rh.box_predictor.inference(predictions, proposals)[0]
 
     @torch.inference_mode()
     def raw(
@@ -221,8 +301,9 @@ class Predictor:
                 inst = Instances((rh, rw))
                 inst.pred_boxes = Boxes(net[i : i + self.mask_batch].to(self.model.device))
                 inst.pred_classes = cls[i : i + self.mask_batch].to(self.model.device)
-                masks = m.roi_heads.forward_with_given_boxes(features, [inst])[0].pred_masks
-                out.append(masks[:, 0].cpu().numpy())
+                with self._network():
+                    masks = m.roi_heads.forward_with_given_boxes(features, [inst])[0].pred_masks
+                out.append(masks[:, 0].float().cpu().numpy())
             return np.concatenate(out)
 
         return raw, head

@@ -42,14 +42,17 @@ def test_single_process_runs_in_place():
         launch(seen.append, 2, num_machines=2, dist_url="auto", backend="gloo")
 
 
-def test_amp_off_on_cpu(caplog):
+def test_amp_kept_on_cpu_off_elsewhere(caplog):
     cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True")
+    cfg.freeze()
+    assert prepare_training_cfg(cfg) is cfg  # the CPU trains in bf16 (tests/engine/test_amp.py)
+    cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "mps")
     cfg.freeze()
     with caplog.at_level(logging.INFO, logger="nucdet.engine.trainer"):
         out = prepare_training_cfg(cfg)
     assert out is not cfg and out.is_frozen()
     assert cfg.SOLVER.AMP.ENABLED and not out.SOLVER.AMP.ENABLED  # input left alone
-    assert "mixed precision needs CUDA, off on cpu" in caplog.text
+    assert "mixed precision needs CUDA or the CPU, off on mps" in caplog.text
     assert prepare_training_cfg(out) is out  # nothing left to change
 
 
