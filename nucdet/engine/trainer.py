@@ -217,6 +217,19 @@ class Trainer(DefaultTrainer):
         )
 
     @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test with the network at ``TEST.PRECISION``: in bf16 the model is
+        evaluated through ``nucdet.inference.predictor.PrecisionModel`` (fp32 is
+        detectron2's own path, unchanged; ``ViewsModel`` has its own Predictor)."""
+        import torch
+
+        from nucdet.inference.predictor import PrecisionModel, precision_from_cfg
+
+        if isinstance(model, torch.nn.Module) and precision_from_cfg(cfg) == "bf16":
+            model = PrecisionModel(cfg, getattr(model, "module", model))  # DDP unwrapped
+        return super().test(cfg, model, evaluators)
+
+    @classmethod
     def test_with_TTA(cls, cfg, model):
         """detectron2's ``TEST.AUG`` convention on nucdet's views
         (``nucdet.inference.tta.views_from_test_aug``: exact inverses for masks, WBF + mask

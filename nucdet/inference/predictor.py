@@ -47,6 +47,7 @@ from detectron2.data import transforms as T
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch import GeneralizedRCNN
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
@@ -58,6 +59,7 @@ from nucdet.structures import ImagePrediction, RawDetections
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PrecisionModel",
     "Predictor",
     "find_weights",
     "mask_score_floor_from_cfg",
@@ -349,6 +351,27 @@ class Predictor:
         crops = paste_detectron2(raw.mask_probs, raw.boxes, raw.height, raw.width)
         rles = crops.threshold(mask_thresh).to_rles()
         return ImagePrediction(image_id, raw.height, raw.width, rles, raw.scores, raw.classes)
+
+
+class PrecisionModel(torch.nn.Module):
+    """``model`` called as detectron2's evaluation calls it (``inference_on_dataset``: list
+    of mapped inputs in, ``[{"instances": ...}]`` at the input's height/width out), its
+    network run by a ``Predictor`` at ``cfg.TEST.PRECISION`` with every mask computed;
+    detectron2's ``detector_postprocess`` then scales the boxes and pastes the masks in
+    fp32. ``nucdet.engine.trainer.Trainer.test`` uses it for bf16."""
+
+    def __init__(self, cfg: CfgNode, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.predictor = Predictor(cfg, mask_score_floor=float("-inf"), model=model)
+
+    def forward(self, inputs: list[dict]) -> list[dict]:
+        out = []
+        for d in inputs:
+            inst, _ = self.predictor._instances([d], float("-inf"))
+            h, w = d.get("height", inst.image_size[0]), d.get("width", inst.image_size[1])
+            out.append({"instances": detector_postprocess(inst, h, w)})
+        return out
 
 
 def paste_detectron2(grids: np.ndarray, boxes: np.ndarray, height: int, width: int) -> CropMasks:
