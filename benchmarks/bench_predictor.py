@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_predictor.py \
         [--config configs/dsb2018/mask_rcnn_R_50_FPN_GN_scratch_6k.yaml] \
         [--model-dir output/...] [--images 2] [--fractions 1,0.5,0.25,0.1] [--threads N] \
-        [KEY VALUE ...]
+        [--precision fp32,bf16] [KEY VALUE ...]
 
 Same weights, same images (the 520x696 images of ``data/dsb2018_sample``), one process:
 after an untimed warm-up, each image runs DefaultPredictor, nucdet, nucdet,
@@ -25,6 +25,12 @@ Rows per image:
   the score that keeps a fraction ``f`` of them (the post-processing threshold in real
   use); checked: scores and classes of all detections, masks of those above the floor,
   and the outputs of ``postprocess`` with that threshold, equal to detectron2's.
+- ``nucdet <precision>`` (``--precision``, e.g. ``fp32,bf16``): for each precision other
+  than fp32, the same two rows (all masks, run twice and averaged; each floor once) with
+  ``TEST.PRECISION`` set to it. Not pixel-identical to fp32 (no identity check): the
+  accuracy of bf16 is measured on a validation fold, not here. fp32 always runs: it is
+  the identity reference. The CPU model and its bf16 flags (``amx_bf16``,
+  ``avx512_bf16``) are printed first: without them torch emulates bf16, slower than fp32.
 Memory: peak resident memory during the call above the resident memory before it (Linux
 ``VmHWM`` after ``clear_refs``; freed heap trimmed first).
 """
@@ -44,11 +50,17 @@ from detectron2.engine import DefaultPredictor
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
 
+from nucdet.config import CPU_BF16_FLAGS, PRECISIONS, read_cpuinfo
 from nucdet.data.imageio import read_image
 from nucdet.engine.defaults import build_cfg
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.postprocess import postprocess
-from nucdet.inference.predictor import Predictor, find_weights, paste_is_exact
+from nucdet.inference.predictor import (
+    Predictor,
+    find_weights,
+    paste_is_exact,
+    precision_from_cfg,
+)
 from nucdet.io.atomic import atomic_write_json
 from nucdet.io.rle import mask_to_coco_rle
 from nucdet.structures import ImagePrediction
@@ -67,6 +79,9 @@ def parse_args(argv=None):
     ap.add_argument("--fractions", default="1,0.25,0.1", help="kept fractions for the floor")
     ap.add_argument("--spread", type=float, default=8.0, help="class-logit scale (random init)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument(
+        "--precision", default="fp32", help="TEST.PRECISION values, comma-separated (fp32 runs)"
+    )
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return ap.parse_args(argv)
@@ -147,18 +162,45 @@ def run_all_masks(ours: Predictor, image: np.ndarray):
     return (pred, raw), t_raw, t_masks, max(m_raw, m_masks)
 
 
+def cpu_line() -> str:
+    """The CPU model and its bf16 flags, for every figure's context."""
+    model, flags = read_cpuinfo()
+    units = [f for f in CPU_BF16_FLAGS if f in flags]
+    note = "" if units else " (no bf16 units: torch emulates bf16, slower than fp32)"
+    return f"cpu: {model or 'unknown'}; bf16 flags: {' '.join(units) or 'none'}{note}"
+
+
+def with_precision(cfg, precision: str):
+    out = cfg.clone()
+    out.defrost()
+    out.TEST.PRECISION = precision
+    out.freeze()
+    return out
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"--precision: {bad} not in {PRECISIONS}")
     cfg = setup(args, Path("/tmp/nucdet-bench-predictor"))
     cfg.freeze()
     d2 = DefaultPredictor(cfg)
-    ours = Predictor(cfg)
+    ours = Predictor(with_precision(cfg, "fp32"))  # the identity reference
+    others = {}  # resolved precision -> Predictor, besides fp32
+    for p in precisions:
+        c = with_precision(cfg, p)
+        if precision_from_cfg(c) != "fp32":
+            others[precision_from_cfg(c)] = Predictor(c)
     # The floor infer.py uses: min(POSTPROCESS.SCORE_THRESH), a row of its own.
     cfg_floor = ours.mask_score_floor
     fractions = [float(f) for f in args.fractions.split(",")]
     print(f"config: {args.model_dir or args.config} {' '.join(args.opts)}")
+    print(cpu_line())
+    print(f"precisions: fp32 (DefaultPredictor, nucdet) {' '.join(others)}")
     # With an exact numba paste, Predictor.__call__ is raw() + masks.raw_to_prediction().
     if not paste_is_exact():
         raise RuntimeError("numba mask pasting is not bit-exact on this CPU: see predictor.py")
@@ -170,7 +212,8 @@ def main(argv=None) -> list[dict]:
 
         if k == 0:
             # Untimed warm-up (oneDNN kernels, allocator): the box stage and a small mask head.
-            ours.raw(image, float(np.quantile(ours.raw(image, np.inf).scores, 0.99)))
+            for p in (ours, *others.values()):
+                p.raw(image, float(np.quantile(p.raw(image, np.inf).scores, 0.99)))
         # A-B-B-A: each predictor runs twice per image, so load drifts even out.
         out, t_d2a, m_d2 = measured(d2, image)
         (full, raw), t_raw_a, t_masks_a, m_all = run_all_masks(ours, image)
@@ -203,6 +246,7 @@ def main(argv=None) -> list[dict]:
             "d2_paste_s": t_d2_paste,
             "d2_paste_mb": m_d2_paste,
             "floors": [],
+            "precisions": {},
         }
         scores = np.sort(ref.scores.astype(np.float64))[::-1]
         floors = [(f, float(scores[max(int(np.ceil(f * n)) - 1, 0)])) for f in fractions if f < 1]
@@ -227,6 +271,24 @@ def main(argv=None) -> list[dict]:
                     "identical_after_postprocess": post_ok,
                 }
             )
+        for name, pred in others.items():
+            (p_full, _), ra, ma, mem = run_all_masks(pred, image)
+            _, rb, mb, _ = run_all_masks(pred, image)
+            entry = {
+                "detections": len(p_full),
+                "all_s": (ra + ma + rb + mb) / 2,
+                "all_runs_s": [ra + ma, rb + mb],
+                "raw_s": (ra + rb) / 2,
+                "all_mb": mem,
+                "floors": [],
+            }
+            for f, floor in floors:
+                p_pred, t, m = run_ours(pred, floor, image)
+                kept = int((p_pred.scores.astype(np.float64) >= floor).sum())
+                entry["floors"].append(
+                    {"fraction": f, "floor": floor, "kept": kept, "s": t, "mb": m}
+                )
+            row["precisions"][name] = entry
         rows.append(row)
         print(
             f"{row['image']} {n} detections: DefaultPredictor {t_d2:.1f} s "
@@ -244,6 +306,19 @@ def main(argv=None) -> list[dict]:
                 f"floor {fl['identical_above_floor']}, after postprocess "
                 f"{fl['identical_after_postprocess']}"
             )
+        for name, e in row["precisions"].items():
+            print(
+                f"  nucdet {name} all masks: {e['detections']} detections, {e['all_s']:.1f} s "
+                f"({e['all_runs_s'][0]:.1f}, {e['all_runs_s'][1]:.1f}; {e['all_mb']:.0f} MB) = "
+                f"{t_d2 / e['all_s']:.2f}x DefaultPredictor, {t_all / e['all_s']:.2f}x nucdet fp32"
+                f" [raw {e['raw_s']:.1f} s]"
+            )
+            for fl in e["floors"]:
+                what = "config floor" if fl["fraction"] == "config" else f"{fl['fraction']:.0%}"
+                print(
+                    f"    floor {fl['floor']:.4f} ({what}) keeps {fl['kept']}: {fl['s']:.1f} s "
+                    f"({fl['mb']:.0f} MB) = {t_d2 / fl['s']:.2f}x DefaultPredictor"
+                )
     d2_total = sum(r["default_s"] for r in rows)
     print(f"\nseconds/image: DefaultPredictor {d2_total / len(rows):.1f}")
     all_total = sum(r["all_s"] for r in rows)
@@ -253,6 +328,14 @@ def main(argv=None) -> list[dict]:
         kept = np.mean([r["floors"][j]["kept"] / r["detections"] for r in rows])
         what = "config floor" if fl["fraction"] == "config" else "floor"
         print(f"  nucdet {what} (keeps {kept:.0%}) {tot / len(rows):.1f} ({d2_total / tot:.2f}x)")
+    for name in others:
+        tot = sum(r["precisions"][name]["all_s"] for r in rows)
+        print(f"  nucdet {name} all masks {tot / len(rows):.1f} ({d2_total / tot:.2f}x)")
+        for j, fl in enumerate(rows[0]["precisions"][name]["floors"]):
+            t = sum(r["precisions"][name]["floors"][j]["s"] for r in rows)
+            what = "config floor" if fl["fraction"] == "config" else f"floor {fl['fraction']:.0%}"
+            print(f"  nucdet {name} {what} {t / len(rows):.1f} ({d2_total / t:.2f}x)")
+    print(cpu_line())
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.json:
         atomic_write_json(args.json, rows, indent=1)

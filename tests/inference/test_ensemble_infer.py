@@ -254,3 +254,22 @@ def test_command_line_postprocess_wins_over_the_yaml_with_a_warning(model_dir, c
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "POSTPROCESS.SCORE_THRESH" in warnings[0] and "[0.7]" in warnings[0]
+
+
+def test_infer_in_bf16(model_dir, images, tmp_path, registered):
+    """TEST.PRECISION from infer.py's command line reaches the model's Predictor, and a bf16
+    run writes a valid submission (the image present, no pixel in two masks)."""
+    spec = EnsembleSpec([ModelSpec("model", model_dir=str(model_dir))], views=["identity"])
+    assert EnsemblePredictor(spec).members[0][1].precision == "fp32"
+    assert EnsemblePredictor(spec, ["TEST.PRECISION", "bf16"]).members[0][1].precision == "bf16"
+    one = tmp_path / "one"  # bf16 is emulated (slow) on CPUs without bf16 units: one image
+    one.mkdir()
+    first = sorted(images.glob("*.png"))[0]
+    (one / first.name).write_bytes(first.read_bytes())
+    out = tmp_path / "bf16"
+    infer.main(
+        ["--model-dir", str(model_dir), "--input", str(one), "--output", str(out)]
+        + ["TEST.PRECISION", "bf16"]
+    )
+    rows = _check_submission(out / "submission.csv", one)
+    assert len(rows) > 2  # the random model does predict instances
