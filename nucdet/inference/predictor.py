@@ -51,7 +51,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
-from nucdet.config import read_cpuinfo, resolve_precision
+from nucdet.config import CPU_BF16_FLAGS, read_cpuinfo, resolve_precision
 from nucdet.inference.masks import CropMasks, paste_extent, paste_grids, raw_to_prediction
 from nucdet.io.checkpoint import CheckedCheckpointer
 from nucdet.structures import ImagePrediction, RawDetections
@@ -82,7 +82,7 @@ def precision_from_cfg(cfg: CfgNode) -> str:
 def _log_precision(requested: str, resolved: str, device: str) -> None:
     """Once per process and setting, not once per predictor (an ensemble builds several)."""
     cpu_model, flags = read_cpuinfo()
-    units = sorted(f for f in flags if "bf16" in f) or ["none"]
+    units = [f for f in CPU_BF16_FLAGS if f in flags] or ["none"]
     where = device if device.startswith("cuda") else f"{cpu_model or 'cpu'}, bf16 flags {units}"
     logger.info("TEST.PRECISION %s: network in %s (%s)", requested, resolved, where)
 
