@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
@@ -58,3 +59,15 @@ def tiny_cfg(*opts: str):
     from nucdet.engine.defaults import build_cfg
 
     return build_cfg(TINY_CONFIG, [*TINY_OPTS, *opts])
+
+
+def blob_image(shape: tuple[int, int]) -> np.ndarray:
+    """Random Gaussian blobs on noise, uint8 BGR, the same for the same shape."""
+    h, w = shape
+    rng = np.random.default_rng(h * w)
+    yy, xx = np.mgrid[:h, :w]
+    img = rng.normal(40, 15, (h, w))
+    for _ in range(25):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 12)
+        img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return np.stack([img, img * 0.8, img * 1.1], -1).clip(0, 255).astype(np.uint8)

@@ -62,11 +62,11 @@ def normalize(name: str) -> str:
     return canonicalize_name(name)
 
 
-def parse_python_version(text: str) -> tuple[int, int]:
-    """``"3.11"`` -> ``(3, 11)``; a clear error for anything else."""
+def parse_python_version(text: str, option: str = "--python-version") -> tuple[int, int]:
+    """``"3.11"`` -> ``(3, 11)``; a clear error naming ``option`` for anything else."""
     m = re.fullmatch(r"(\d+)\.(\d+)", text.strip())
     if not m:
-        raise ValueError(f"--python-version {text!r}: give MAJOR.MINOR, e.g. 3.11")
+        raise ValueError(f"{option} {text!r}: give MAJOR.MINOR, e.g. 3.11")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -489,11 +489,8 @@ def detectron2_wheel(
         return None
     tag = f"cp{python[0]}{python[1]}"
     cached = sorted(cache.glob(f"detectron2-{build['commit']}-torch{build['torch']}-{tag}-*/*.whl"))
-    wanted = [
-        p
-        for p in cached
-        if parse_wheel_name(p.name) and _same_version(parse_wheel_name(p.name)[1], dist.version)
-    ]
+    parsed = [(p, parse_wheel_name(p.name)) for p in cached]
+    wanted = [p for p, w in parsed if w and _same_version(w[1], dist.version)]
     if wanted:
         path = Path(shutil.copy2(wanted[0], dest / wanted[0].name))
     else:

@@ -355,9 +355,9 @@ def _assemble(
     tarball = detectron2_source(detectron2_src, vendor_dirs(source), WHEEL_CACHE.parent / "src")
     shutil.copy2(tarball, d2_dir / tarball.name)
     installed = installed_distributions()
-    d2_wheel = detectron2_wheel(installed, WHEEL_CACHE, d2_dir, python)
     if "detectron2" not in installed:
         raise LookupError("detectron2 is not installed here: its requirements cannot be listed")
+    d2_wheel = detectron2_wheel(installed, WHEEL_CACHE, d2_dir, python)
 
     wheels = out / "wheels"
     wheels.mkdir()
@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(
         level=logging.INFO, format="[bundle %(asctime)s] %(message)s", datefmt="%H:%M:%S"
     )
-    glibc = parse_python_version(args.glibc)  # same MAJOR.MINOR form
+    glibc = parse_python_version(args.glibc, "--glibc")  # same MAJOR.MINOR form
     return build_bundle(
         args.model_dir,
         args.output,

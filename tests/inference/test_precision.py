@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
+from conftest import blob_image, tiny_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 
@@ -38,18 +38,6 @@ MASK_PROB_ATOL = 0.03
 CONFIDENT = 0.9
 
 
-def _image() -> np.ndarray:
-    """Random blobs on noise: uint8 BGR."""
-    h, w = SHAPE
-    rng = np.random.default_rng(h * w)
-    yy, xx = np.mgrid[:h, :w]
-    img = rng.normal(40, 15, (h, w))
-    for _ in range(25):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 12)
-        img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-    return np.stack([img, img * 0.8, img * 1.1], -1).clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def predictors(tmp_path_factory):
     """fp32 and bf16 Predictors of one seeded tiny model whose top detections are
@@ -73,25 +61,25 @@ def predictors(tmp_path_factory):
 def test_bf16_outputs_are_valid_fp32_arrays(predictors):
     p = predictors["bf16"]
     assert p.precision == "bf16" and predictors["fp32"].precision == "fp32"
-    raw = p.raw(_image())
+    raw = p.raw(blob_image(SHAPE))
     assert len(raw.scores) == 30  # TEST.DETECTIONS_PER_IMAGE: the cap is reached
     for a in (raw.boxes, raw.scores, raw.mask_probs):
         assert a.dtype == np.float32 and np.isfinite(a).all()
     assert raw.mask_probs.shape == (30, 28, 28)
     assert ((raw.mask_probs >= 0) & (raw.mask_probs <= 1)).all()
-    pred = p(_image(), "img")
+    pred = p(blob_image(SHAPE), "img")
     assert (pred.height, pred.width) == SHAPE and len(pred) == 30
     assert pred.scores.dtype == np.float32
     assert pred.masks().shape == (30, *SHAPE)
     # The mask head re-run (fusion) runs in bf16 too and gives fp32 grids.
-    _, head = p.raw_with_mask_head(_image())
+    _, head = p.raw_with_mask_head(blob_image(SHAPE))
     grids = head(raw.boxes[:3], raw.classes[:3])
     assert grids.dtype == np.float32 and grids.shape == (3, 28, 28)
 
 
 def test_bf16_close_to_fp32_on_confident_detections(predictors):
-    a = predictors["fp32"].raw(_image())
-    b = predictors["bf16"].raw(_image())
+    a = predictors["fp32"].raw(blob_image(SHAPE))
+    b = predictors["bf16"].raw(blob_image(SHAPE))
     confident = np.flatnonzero(a.scores >= CONFIDENT)
     assert len(confident) >= 10  # the comparison must cover something
     iou = pairwise_iou(Boxes(torch.from_numpy(a.boxes)), Boxes(torch.from_numpy(b.boxes)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, blob_image
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
@@ -61,19 +61,6 @@ SHAPE = (64, 88)
 NO_FLOOR = float("-inf")
 
 
-def _image(shape: tuple[int, int]) -> np.ndarray:
-    """Random blobs on noise: uint8 BGR."""
-    h, w = shape
-    rng = np.random.default_rng(h * w)
-    yy, xx = np.mgrid[:h, :w]
-    img = rng.normal(40, 15, (h, w))
-    for _ in range(25):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 12)
-        img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-    rgb = np.stack([img, img * 0.8, img * 1.1], -1)
-    return rgb.clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small convolutions on a shared 2-core machine run 3-4x faster on one thread; the
@@ -108,7 +95,7 @@ def reference(weights):
     def get(extra: tuple[str, ...] = (), shape: tuple[int, int] = SHAPE):
         if (extra, shape) not in cache:
             predictor = DefaultPredictor(_cfg(weights, *extra))
-            cache[extra, shape] = predictor(_image(shape))["instances"]
+            cache[extra, shape] = predictor(blob_image(shape))["instances"]
         return cache[extra, shape]
 
     return get
@@ -162,14 +149,14 @@ def test_all_masks_identical_to_default_predictor(reference, predictor):
     ref = reference()
     ref_masks = ref.pred_masks.numpy()
     ours = predictor(floor=NO_FLOOR)
-    pred = ours(_image(SHAPE), "img")
+    pred = ours(blob_image(SHAPE), "img")
     # A meaningful comparison: hundreds of detections, most with a non-empty mask.
     assert len(ref) > 150
     assert (ref_masks.sum((1, 2)) > 0).mean() > 0.5
     assert (pred.height, pred.width) == SHAPE and pred.image_id == "img"
     np.testing.assert_array_equal(pred.masks(), ref_masks)
     _assert_same_prediction(pred, _as_prediction(ref, "img"))
-    raw = ours.raw(_image(SHAPE))
+    raw = ours.raw(blob_image(SHAPE))
     np.testing.assert_array_equal(raw.boxes, ref.pred_boxes.tensor.numpy())
     np.testing.assert_array_equal(raw.scores, ref.scores.numpy())
     np.testing.assert_array_equal(raw.classes, ref.pred_classes.numpy())
@@ -191,8 +178,8 @@ def test_rgb_odd_size_and_resize_identical(weights, reference, predictor):
     shape = (55, 81)
     ref = reference(extra, shape)
     ours = predictor(extra, NO_FLOOR)
-    assert ours.aug.get_transform(_image(shape)).new_h == 90
-    pred = ours(_image(shape))
+    assert ours.aug.get_transform(blob_image(shape)).new_h == 90
+    pred = ours(blob_image(shape))
     assert len(ref) > 100
     np.testing.assert_array_equal(pred.scores, ref.scores.numpy())
     np.testing.assert_array_equal(pred.classes, ref.pred_classes.numpy())
@@ -205,7 +192,7 @@ def test_mask_floor_same_after_postprocess(reference, predictor):
     assert floor == ours.mask_score_floor == min(ours.cfg.POSTPROCESS.SCORE_THRESH)
     ref_inst = reference()
     ref = _as_prediction(ref_inst, "a")
-    pred = ours(_image(SHAPE), "a")
+    pred = ours(blob_image(SHAPE), "a")
     above = ref.scores.astype(np.float64) >= floor
     # The floor must split the detections for this test to mean anything.
     assert 30 < above.sum() < len(ref) - 30
@@ -226,7 +213,7 @@ def test_mask_floor_keeping_few_or_none(reference, predictor, keep):
     ref = reference()
     scores = np.sort(ref.scores.numpy().astype(np.float64))[::-1]
     floor = scores[keep - 1] if keep else scores[0] + 1e-3
-    pred = predictor(floor=float(floor))(_image(SHAPE))
+    pred = predictor(floor=float(floor))(blob_image(SHAPE))
     above = ref.scores.numpy() >= floor
     assert above.sum() == keep
     got = pred.masks()
@@ -239,7 +226,7 @@ def test_no_detections(weights, predictor):
     if weights[0] is not ARCHS["bn_2fc"]:
         pytest.skip("architecture-independent: checked on one model")
     extra = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0")
-    image = _image((40, 40))
+    image = blob_image((40, 40))
     assert len(DefaultPredictor(_cfg(weights, *extra))(image)["instances"]) == 0
     for floor in (NO_FLOOR, 0.5):
         pred = predictor(extra, floor)(image, "e")
@@ -250,7 +237,7 @@ def test_floor_from_cfg_and_errors(weights, predictor, tmp_path):
     cfg = _cfg(weights, "POSTPROCESS.SKIP_MASKS_BELOW_THRESH", "False")
     assert mask_score_floor_from_cfg(cfg) == NO_FLOOR
     with pytest.raises(ValueError, match="mask_thresh"):
-        predictor()(_image((32, 32)), mask_thresh=0.0)
+        predictor()(blob_image((32, 32)), mask_thresh=0.0)
     with pytest.raises(FileNotFoundError, match="no weights"):
         find_weights(tmp_path)
     (tmp_path / "model_0000009.pth").write_bytes(b"")

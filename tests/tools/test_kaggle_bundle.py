@@ -108,8 +108,10 @@ def test_target_tags_decide_which_wheels_install():
     assert not bw.wheel_fits(too_new, t311) and not bw.wheel_fits(local, t311)
     assert bw.is_pure(pure) and not bw.is_pure(cp311)
     assert Tag("py3", "none", "any") in t311
-    with pytest.raises(ValueError, match="MAJOR.MINOR"):
+    with pytest.raises(ValueError, match="--python-version '3': give MAJOR.MINOR"):
         bw.parse_python_version("3")
+    with pytest.raises(ValueError, match="--glibc '2': give MAJOR.MINOR"):
+        kb.main(["--model-dir", "x", "--output", "y", "--glibc", "2"])
 
 
 def test_offline_wheels_for_another_python_only_where_they_fit(tmp_path):
