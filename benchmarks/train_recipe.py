@@ -152,10 +152,9 @@ def plot_recipe_curve(
     import matplotlib.pyplot as plt
 
     from nucdet.io.atomic import atomic_open
-    from nucdet.tools.curves import series
-    from nucdet.tools.report import read_metrics_json
+    from nucdet.io.metrics_json import read_metrics, series
 
-    rows = read_metrics_json(train_dir / "metrics.json")
+    rows = read_metrics(train_dir / "metrics.json")
     its, vals = series(rows, "segm/MaP-IoU")
     minutes = eval_minutes(train_dir / "log.txt")[-len(its) :] if its else []
     fig, ax = plt.subplots(figsize=(8.5, 4.2))

@@ -12,13 +12,12 @@
   ``metrics.prev.json`` instead of appending to it. It also writes at every checkpoint
   iteration, so everything up to a checkpoint is on disk before the checkpoint is saved
   (no gap after a resume).
-- ``read_metrics`` / ``truncate_metrics``: the ``metrics.json`` (one JSON object per line)
-  reader used by the hook and by ``nucdet.tools.curves``.
+
+Reading and cutting ``metrics.json`` is ``nucdet.io.metrics_json``'s job.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,53 +29,9 @@ from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter
 
-from nucdet.io.atomic import atomic_open
+from nucdet.io.metrics_json import truncate_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def read_metrics(path: str | os.PathLike, drop_partial_last: bool = True) -> list[dict]:
-    """The records of a detectron2 ``metrics.json`` (one JSON object per line), in file order.
-
-    A run killed while writing can leave a partial last line: it is dropped with a warning
-    when ``drop_partial_last``; any other unparsable line raises ``ValueError`` naming the
-    file and line.
-    """
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if drop_partial_last and i == len(lines):
-                logger.warning("%s line %d: partial record dropped (%s)", path, i, e)
-                continue
-            raise ValueError(f"{path} line {i}: not a JSON record ({e})") from e
-        if not isinstance(rec, dict) or "iteration" not in rec:
-            raise ValueError(f"{path} line {i}: record without an 'iteration' key")
-        records.append(rec)
-    return records
-
-
-def truncate_metrics(path: str | os.PathLike, start_iter: int) -> int:
-    """Keep only the records of ``metrics.json`` with ``iteration < start_iter``.
-
-    Rewritten atomically; returns the number of records dropped. A missing file is fine.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    records = read_metrics(path)
-    keep = [r for r in records if r["iteration"] < start_iter]
-    dropped = len(records) - len(keep)
-    if dropped or len(path.read_text().splitlines()) != len(keep):
-        with atomic_open(path, "w") as f:
-            for r in keep:
-                f.write(json.dumps(r, sort_keys=True) + "\n")
-    return dropped
 
 
 class ResumableBestCheckpointer(hooks.BestCheckpointer):

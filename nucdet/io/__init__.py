@@ -1,1 +1,2 @@
-"""File formats: RLE codecs, atomic file writes and submission writers/readers."""
+"""File formats: RLE codecs, atomic file writes, submission writers/readers and detectron2's
+``metrics.json``."""

@@ -14,8 +14,8 @@ Writes into ``DIR`` (default ``OUTPUT_DIR``), atomically:
   best value of each main line is marked.
 
 Values are the ones detectron2 logged (training scalars median-smoothed over 20
-iterations). Comparing several runs side by side is ``nucdet.tools.report``'s job; this
-module reuses its ``metrics.json`` reader.
+iterations), read through ``nucdet.io.metrics_json``. Comparing several runs side by side
+is ``nucdet.tools.report``'s job.
 """
 
 from __future__ import annotations
@@ -29,29 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from nucdet.io.atomic import atomic_open
-from nucdet.tools.report import EVAL_TASKS, read_metrics_json
+from nucdet.io.metrics_json import is_eval_key, read_metrics, series, split_eval_key
 
 logger = logging.getLogger(__name__)
 
 VAL_PREFIXES = ("val_", "validation_")
-# Evaluation keys are "[dataset/]task/metric"; nucdet's evaluator adds a "count" task.
-TASKS = (*EVAL_TASKS, "count")
 AP_KEYS = ("AP", "AP50", "AP75")
 TRAINING_PNG = "curves_training.png"
 VALIDATION_PNG = "curves_validation.png"
-
-
-def series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """(iterations, values) of ``key``, sorted by iteration, NaN/inf dropped; an iteration
-    logged twice keeps its last value."""
-    merged: dict[int, float] = {}
-    for r in rows:
-        if key in r and "iteration" in r:
-            v = float(r[key])
-            if math.isfinite(v):
-                merged[int(r["iteration"])] = v
-    its = sorted(merged)
-    return its, [merged[i] for i in its]
 
 
 def training_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -59,21 +44,6 @@ def training_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
     keys = {k for r in rows for k in r}
     losses = sorted(k for k in keys if k.startswith("loss_"))
     return (["total_loss"] if "total_loss" in keys else []) + losses
-
-
-def split_eval_key(key: str) -> tuple[str, str, str]:
-    """``"[dataset/]task/metric"`` -> (dataset or "", task, metric)."""
-    parts = key.split("/")
-    for i, p in enumerate(parts[:-1]):
-        if p in TASKS:
-            return "/".join(parts[:i]), p, "/".join(parts[i + 1 :])
-    raise ValueError(f"{key!r} is not an evaluation key ([dataset/]task/metric)")
-
-
-def is_eval_key(key: str) -> bool:
-    """True for "[dataset/]task/metric" keys of a known task (training scalars such as
-    "fast_rcnn/cls_accuracy" are not)."""
-    return any(p in TASKS for p in key.split("/")[:-1])
 
 
 def validation_panels(rows: Sequence[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
@@ -195,7 +165,7 @@ def write_curves(output_dir: str | os.PathLike, out: str | os.PathLike | None = 
     metrics_file = output_dir / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: not found (not a training output directory?)")
-    rows = read_metrics_json(metrics_file)
+    rows = read_metrics(metrics_file)
     if not rows:
         raise ValueError(f"{metrics_file}: no records")
     out = Path(out) if out is not None else output_dir

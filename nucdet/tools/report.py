@@ -8,10 +8,10 @@ best evaluation metrics, and every config key whose value differs between the di
 and ``OUT/curves.png`` (training loss, learning rate and the evaluation metrics, one line per
 directory in each panel).
 
-The readers here (``read_metrics_json``, ``summarize_run``, ``load_config_flat``) and the
-table writer (``write_table``) are shared with ``nucdet.tools.sweep``. They need neither
-detectron2 nor a model: a directory is read from its ``metrics.json`` (detectron2's
-JSONWriter, one JSON object per line) and ``config.yaml``.
+The readers here (``summarize_run``, ``load_config_flat``) and the table writer
+(``write_table``) are shared with ``nucdet.tools.sweep``. They need neither detectron2 nor
+a model: a directory is read from its ``metrics.json`` (through
+``nucdet.io.metrics_json``) and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -30,68 +29,20 @@ from typing import Any
 import yaml
 
 from nucdet.io.atomic import atomic_open
+from nucdet.io.metrics_json import (
+    EVAL_TASKS,
+    eval_entries,
+    is_eval_key,
+    read_metrics,
+    series,
+    trained_iterations,
+)
 
 logger = logging.getLogger(__name__)
 
-# Evaluation results appear in metrics.json as flattened "<task>/<metric>" keys (with a
-# leading "<dataset>/" when several test sets are evaluated). Training scalars such as
-# "fast_rcnn/cls_accuracy" also contain a slash, so the task name is what tells them apart.
-# "count", "voc" and "glas" are the extra tasks of nucdet's NucleiEvaluator.
-EVAL_TASKS = ("segm", "bbox", "voc", "glas", "count", "keypoints", "sem_seg", "panoptic_seg")
 # Leading metric columns, in this order, when present; the rest follow sorted.
 PREFERRED_METRICS = ("MaP-IoU", "AP", "AP50", "AP75")
 DEFAULT_BEST_METRIC = "segm/MaP-IoU"
-
-
-def is_eval_key(key: str) -> bool:
-    """True for a flattened evaluation result key ("segm/AP", "val/segm/MaP-IoU")."""
-    parts = key.split("/")
-    return len(parts) >= 2 and any(p in EVAL_TASKS for p in parts[:-1])
-
-
-def read_metrics_json(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a detectron2 ``metrics.json`` (one JSON object per line).
-
-    A run killed while writing leaves a truncated last line: it is skipped with a warning.
-    A malformed line anywhere else is an error naming the file and line.
-    """
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                logger.warning("%s:%d: truncated last line skipped", path, i + 1)
-                continue
-            raise ValueError(f"{path}:{i + 1}: not a JSON object: {e}") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def eval_entries(rows: Iterable[dict[str, Any]]) -> list[tuple[int, dict[str, float]]]:
-    """(iteration, evaluation metrics) of every row holding evaluation results, in order."""
-    out = []
-    for row in rows:
-        metrics = {k: v for k, v in row.items() if is_eval_key(k)}
-        if metrics:
-            out.append((int(row.get("iteration", -1)), metrics))
-    return out
-
-
-def trained_iterations(rows: Iterable[dict[str, Any]]) -> int:
-    """Iterations trained: the last training row's iteration + 1 (0 when none).
-
-    The evaluation after the last iteration is logged at iteration MAX_ITER, so only rows
-    with a loss count.
-    """
-    iters = [int(r["iteration"]) for r in rows if "iteration" in r and "total_loss" in r]
-    return max(iters) + 1 if iters else 0
 
 
 def best_entry(
@@ -168,7 +119,7 @@ def summarize_run(output_dir: str | os.PathLike) -> dict[str, Any]:
     metrics_file = output_dir / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{output_dir}: no metrics.json (not a training output dir?)")
-    rows = read_metrics_json(metrics_file)
+    rows = read_metrics(metrics_file)
     entries = eval_entries(rows)
     cfg_file = output_dir / "config.yaml"
     cfg = load_config_flat(cfg_file) if cfg_file.is_file() else {}
@@ -279,10 +230,6 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # One series reader for all plots (NaN dropped, resumed iterations de-duplicated);
-    # imported here because curves imports this module.
-    from nucdet.tools.curves import series
-
     if not metrics:
         seen: set[str] = set()
         for _, rows in runs:
@@ -373,7 +320,7 @@ def build_report(
         "`best_metric`, and the config keys that differ.",
     )
     png = plot_curves(
-        [(label, read_metrics_json(d / "metrics.json")) for label, d in zip(labels, dirs)],
+        [(label, read_metrics(d / "metrics.json")) for label, d in zip(labels, dirs)],
         output / "curves.png",
         metrics=metrics,
     )

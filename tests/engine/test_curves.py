@@ -13,8 +13,6 @@ from nucdet.tools.curves import (
     TRAINING_PNG,
     VALIDATION_PNG,
     main,
-    series,
-    split_eval_key,
     training_keys,
     validation_panels,
     write_curves,
@@ -52,15 +50,10 @@ def _eval_row(i, v):
     }
 
 
-def test_keys_and_series():
+def test_keys_and_panels():
+    # series and split_eval_key (nucdet.io.metrics_json): tests/io/test_metrics_json.py
     rows = [_train_row(0), _train_row(1), {"iteration": 1, "total_loss": 5.0}, _eval_row(1, 0.2)]
     assert training_keys(rows) == ["total_loss", "loss_cls", "loss_mask"]
-    assert series(rows, "total_loss") == ([0, 1], [2.0, 5.0])  # last value of an iteration
-    assert series(rows, "dsb_val/segm/APl") == ([], [])  # NaN dropped
-    assert split_eval_key("dsb_val/segm/MaP-IoU") == ("dsb_val", "segm", "MaP-IoU")
-    assert split_eval_key("count/MAE") == ("", "count", "MAE")
-    with pytest.raises(ValueError, match="fast_rcnn/cls_accuracy"):
-        split_eval_key("fast_rcnn/cls_accuracy")
     panels = validation_panels(rows)
     assert list(panels) == [
         "segm MaP-IoU (Kaggle, 0..1)",

@@ -1,11 +1,11 @@
-"""metrics.json reading/truncation and the resumable best checkpoint, on a real detectron2
-TrainerBase with a scripted metric (fast and deterministic; the full trainer is exercised in
-test_train_eval.py and test_resume.py)."""
+"""The metrics.json writer hook (cut back on resume) and the resumable best checkpoint, on a
+real detectron2 TrainerBase with a scripted metric (fast and deterministic; the full trainer
+is exercised in test_train_eval.py and test_resume.py). Reading and cutting metrics.json
+itself: tests/io/test_metrics_json.py."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import weakref
 
 import pytest
@@ -15,44 +15,8 @@ from detectron2.utils.events import JSONWriter
 from torch import nn
 
 from nucdet.engine.checkpoint import NucleiCheckpointer
-from nucdet.engine.hooks import (
-    MetricsWriter,
-    ResumableBestCheckpointer,
-    read_metrics,
-    truncate_metrics,
-)
-
-
-def _write_lines(path, lines):
-    path.write_text("".join(line + "\n" for line in lines))
-
-
-def test_read_metrics_partial_last_line(tmp_path):
-    p = tmp_path / "metrics.json"
-    _write_lines(p, [json.dumps({"iteration": 0, "a": 1}), json.dumps({"iteration": 1}), '{"iter'])
-    assert [r["iteration"] for r in read_metrics(p)] == [0, 1]
-    with pytest.raises(ValueError, match="line 3"):
-        read_metrics(p, drop_partial_last=False)
-    _write_lines(p, ['{"iteration": 0}', "{oops", '{"iteration": 2}'])
-    with pytest.raises(ValueError, match=r"metrics.json line 2"):
-        read_metrics(p)
-    _write_lines(p, ['{"no_iteration": 0}'])
-    with pytest.raises(ValueError, match="line 1: record without an 'iteration'"):
-        read_metrics(p)
-
-
-def test_truncate_metrics(tmp_path):
-    p = tmp_path / "metrics.json"
-    assert truncate_metrics(p, 3) == 0  # missing file is fine
-    recs = [{"iteration": i, "loss": 1.0 / (i + 1)} for i in range(6)]
-    _write_lines(p, [json.dumps(r) for r in recs] + ['{"iteration": 6, "lo'])
-    assert truncate_metrics(p, 4) == 2
-    assert read_metrics(p) == recs[:4]
-    assert len(p.read_text().splitlines()) == 4  # partial line gone too
-    assert truncate_metrics(p, 10) == 0
-    assert read_metrics(p) == recs[:4]
-    assert truncate_metrics(p, 0) == 4
-    assert p.read_text() == ""
+from nucdet.engine.hooks import MetricsWriter, ResumableBestCheckpointer
+from nucdet.io.metrics_json import read_metrics
 
 
 class _ScriptedTrainer(TrainerBase):

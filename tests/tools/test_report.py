@@ -95,12 +95,6 @@ def test_labels_are_unique_when_names_collide(tmp_path):
         assert [r["run"] for r in csv.DictReader(f)] == ["x/model", "y/model"]
 
 
-def test_is_eval_key():
-    assert report.is_eval_key("segm/AP") and report.is_eval_key("val/segm/MaP-IoU")
-    assert not report.is_eval_key("fast_rcnn/cls_accuracy")
-    assert not report.is_eval_key("total_loss")
-
-
 def test_write_table_markdown_drops_all_empty_columns(tmp_path):
     rows = [
         {"run": "a", "x": 1.23456, "APl": float("nan"), "e": None},
