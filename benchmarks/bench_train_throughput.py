@@ -32,7 +32,6 @@ schedule, 8 images: only a large loss would show.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from nucdet.data.mapper import build_mapper
 from nucdet.data.register import register_all
 from nucdet.engine.defaults import build_cfg
 from nucdet.engine.trainer import Trainer, prepare_training_cfg
+from nucdet.io.metrics_json import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "cpu" / "mask_rcnn_R_18_FPN_lite_tiny.yaml"
@@ -258,8 +258,7 @@ def short_run_map(args, name: str, overrides: list[str], out_root: Path) -> dict
     if proc.returncode:
         raise RuntimeError(f"{name}: train_net.py failed:\n{proc.stderr[-3000:]}")
     final = {}
-    for line in (out / "metrics.json").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_metrics(out / "metrics.json"):
         if "segm/MaP-IoU" in rec:
             final = rec
     if not final:
