@@ -67,12 +67,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from baseline_watershed import score_dataset  # a sibling script: benchmarks/ is on sys.path
+
+from nucdet.evaluation.stats import paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from baseline_watershed import score_dataset  # noqa: E402
-
 logger = logging.getLogger("bench_accuracy")
 MODALITIES = ("fluorescence", "stained", "brightfield")
 FLIP_VIEWS = "identity,hflip,vflip"
@@ -348,23 +347,6 @@ def sweep_methods(
         row = {"mask_thresh": mt, "score_thresh": st, "min_area": ma, **_summary(per, groups)}
         out.setdefault(method, []).append(row)
     return {k: sorted(v, key=lambda r: -r["MaP-IoU"]) for k, v in out.items()}
-
-
-def paired_difference(
-    per_a: dict[str, float], per_b: dict[str, float], n_boot: int = 10000, seed: int = 0
-) -> dict[str, float]:
-    """Mean per-image difference ``a - b`` over the images both score, with a 95% paired
-    bootstrap interval (images resampled with replacement, ``n_boot`` times, fixed seed)
-    and the number of images where ``a`` is better / worse."""
-    import numpy as np
-
-    ids = sorted(set(per_a) & set(per_b))
-    d = np.array([per_a[i] - per_b[i] for i in ids], np.float64)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)],
-            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "n": len(d)}  # fmt: skip
 
 
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:

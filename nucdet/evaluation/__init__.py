@@ -9,6 +9,7 @@ Modules:
 - ``voc``: VOC AP at IoU 0.5 (matterport ``compute_ap`` semantics).
 - ``glas``: GlaS object-level F1, object Dice and object Hausdorff.
 - ``counting``: per-image counting error.
+- ``stats``: paired comparison of two methods on the same images (bootstrap interval).
 - ``groundtruth``: ground truth from detectron2 dataset dicts or COCO JSON.
 - ``suite``: all of the above on one dataset (shared by the evaluator and the CLI).
 - ``evaluator``: ``NucleiEvaluator``, a detectron2 ``DatasetEvaluator``.

@@ -1,35 +1,15 @@
-"""The paired comparison that benchmarks/bench_accuracy.py reports against the baseline."""
+"""benchmarks/bench_accuracy.py: the paired comparison of result rows, the training-image
+sample and the per-method settings (the statistic itself: tests/evaluation/test_stats.py)."""
 
-import sys
+import json
 from pathlib import Path
 
 import pytest
+from bench_accuracy import compare
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from nucdet.evaluation.stats import paired_difference
 
-import json  # noqa: E402
-
-from bench_accuracy import compare, paired_difference  # noqa: E402
-
-
-def test_constant_difference_has_a_zero_width_interval():
-    a = {f"im{i}": 0.1 * i + 0.25 for i in range(8)}
-    b = {f"im{i}": 0.1 * i for i in range(8)}
-    d = paired_difference(a, b, n_boot=500)
-    assert d["mean"] == pytest.approx(0.25)
-    assert d["ci95"] == pytest.approx([0.25, 0.25])
-    assert (d["better"], d["worse"], d["n"]) == (8, 0, 8)
-
-
-def test_only_shared_images_count_and_ties_are_neither():
-    a = {"a": 0.5, "b": 0.7, "c": 0.2}
-    b = {"a": 0.4, "b": 0.7, "c": 0.3, "only_b": 1.0}
-    d = paired_difference(a, b, n_boot=2000)
-    # differences +0.1, 0, -0.1: mean 0 by hand; resampled means lie within [-0.1, 0.1]
-    assert d["mean"] == pytest.approx(0.0, abs=1e-12)
-    assert (d["better"], d["worse"], d["n"]) == (1, 1, 3)
-    lo, hi = d["ci95"]
-    assert -0.1 - 1e-12 <= lo < 0 < hi <= 0.1 + 1e-12
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def test_systematic_sample_is_evenly_spaced_by_file_name():
@@ -76,3 +56,19 @@ def test_compare_refuses_different_images(tmp_path):
     b.write_text(json.dumps({"results": {"m": {"per_image": {"x": 0.5}}}}))
     with pytest.raises(ValueError, match="different images"):
         compare(f"{a}:m", f"{b}:m")
+
+
+@pytest.mark.parametrize(
+    "name", ["accuracy.json", "accuracy_both_cores.json", "accuracy_both_cores_seed2.json"]
+)
+def test_committed_differences_are_reproduced_from_their_per_image_scores(name):
+    """Every committed ``vs_watershed`` (RESULTS.md's difference column) is what
+    ``paired_difference`` computes from the committed per-image scores, to the last bit."""
+    results = json.loads((RESULTS / name).read_text())["results"]
+    base = results["watershed"]["per_image"]
+    checked = 0
+    for method, r in results.items():
+        if method != "watershed":
+            assert paired_difference(r["per_image"], base) == r["vs_watershed"], method
+            checked += 1
+    assert checked >= 1
