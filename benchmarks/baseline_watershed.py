@@ -123,7 +123,7 @@ def to_grey(image_bgr: np.ndarray) -> np.ndarray:
 
 def _load(dataset: str, n_images: int | None = None):
     """``(gt, groups, greys)`` of a registered dataset, or of a stratified subset of
-    ``n_images`` of it (``train_recipe.stratified_subset``: every rare modality first)."""
+    ``n_images`` of it (``_common.stratified_subset``: every rare modality first)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from nucdet.data.imageio import read_image
@@ -133,7 +133,7 @@ def _load(dataset: str, n_images: int | None = None):
     register_all()
     dicts = DatasetCatalog.get(dataset)
     if n_images:
-        from train_recipe import stratified_subset
+        from _common import stratified_subset
 
         dicts = stratified_subset(dicts, n_images)
     gt = GtDataset.from_dataset_dicts(

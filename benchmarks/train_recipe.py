@@ -53,6 +53,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from _common import stratified_subset
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/dsb2018/mask_rcnn_R_18_FPN_lite_scratch_60min.yaml"
 SUBSET_NAME = "dsb2018_fold0_valsub"
@@ -61,41 +63,16 @@ MODALITY_ORDER = ("brightfield", "stained", "fluorescence")
 logger = logging.getLogger("train_recipe")
 
 
-def stratified_subset(images: list[dict], size: int) -> list[dict]:
-    """``size`` images: all of the rarest modalities first, then fill with the others.
-
-    Within a modality the order is the image id (the folder hash): fixed and unrelated to
-    content. Each modality keeps at least a share proportional to its count when it has
-    to be cut, so the subset's mix is never all-fluorescence.
-    """
-    by_mod: dict[str, list[dict]] = {}
-    for im in sorted(images, key=lambda im: im["file_name"]):
-        by_mod.setdefault(im.get("modality", ""), []).append(im)
-    total = sum(len(v) for v in by_mod.values())
-    if size >= total:
-        return [im for v in by_mod.values() for im in v]
-    quota = {m: max(1, round(size * len(v) / total)) for m, v in by_mod.items()}
-    # rare modalities keep up to a quarter of the subset each (a handful of images)
-    for m in by_mod:
-        quota[m] = min(len(by_mod[m]), max(quota[m], size // 4))
-    order = sorted(by_mod, key=lambda m: len(by_mod[m]))
-    chosen: list[dict] = []
-    for m in order[:-1]:
-        chosen += by_mod[m][: quota[m]]
-    chosen += by_mod[order[-1]][: size - len(chosen)]
-    return chosen
-
-
 def write_subset(src_json: Path, out_json: Path, size: int) -> dict[str, int]:
-    """Write the COCO subset of ``src_json`` and return its modality counts."""
+    """Write the COCO subset (``stratified_subset``) of ``src_json`` and return its
+    modality counts."""
+    from nucdet.data.folds import subset_coco
     from nucdet.io.atomic import atomic_write_json
 
     coco = json.loads(src_json.read_text())
     keep = stratified_subset(coco["images"], size)
-    ids = {im["id"] for im in keep}
-    sub = dict(coco)
-    sub["images"] = keep
-    sub["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    # the images in the subset's own order (rarest modality first), as the recipe runs had
+    sub = subset_coco({**coco, "images": keep}, {im["id"] for im in keep})
     out_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_json, sub)
     counts: dict[str, int] = {}
@@ -197,8 +174,7 @@ def plot_recipe_curve(
 def subset_baseline(sub_json: Path, image_root: Path) -> dict[str, float]:
     """Watershed MaP-IoU on the periodic-eval subset, overall and per modality (the
     curve's reference lines)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from baseline_watershed import score_dataset
+    from baseline_watershed import score_dataset  # a sibling script
 
     from nucdet.data.register import register_coco
 

@@ -1,16 +1,10 @@
 """The Otsu + watershed baseline on synthetic images whose nuclei are known exactly."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from baseline_watershed import foreground_mask, to_grey, watershed_instances
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from baseline_watershed import foreground_mask, to_grey, watershed_instances  # noqa: E402
-
-from nucdet.evaluation.mapiou import map_iou_image  # noqa: E402
+from nucdet.evaluation.mapiou import map_iou_image
 
 
 def squares_image(bright_nuclei: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,18 +1,14 @@
-"""benchmarks/train_recipe.py: the periodic-eval subset, the wall-minute reading of
-log.txt, and the train_net command line it runs."""
+"""benchmarks/train_recipe.py: the periodic-eval subset (``_common.stratified_subset``), the
+wall-minute reading of log.txt, and the train_net command line it runs."""
 
 import ast
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from train_recipe import (  # noqa: E402
+from _common import stratified_subset
+from train_recipe import (
     SUBSET_NAME,
     eval_minutes,
     parse_args,
-    stratified_subset,
     train_command,
 )
 
