@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def _timed(fn, *a, **k):
@@ -135,11 +133,10 @@ def main() -> None:
     ap.add_argument("--mapper-iters", type=int, default=40)
     ap.add_argument("--mapper-only", action="store_true", help="reuse --work conversions")
     args = ap.parse_args()
-    from helpers.sartorius_fixture import dsb_ids, make_sartorius_from_dsb
-
     from nucdet.data.check import check_coco
     from nucdet.data.dsb import dsb_to_coco
     from nucdet.data.labels import labels_to_coco
+    from nucdet.data.samples import dsb_ids, make_sartorius_from_dsb
     from nucdet.data.sartorius import sartorius_to_coco
 
     dsb, work = Path(args.dsb), Path(args.work)

@@ -1,5 +1,5 @@
-"""Shared pytest set-up: tests/ importable (``helpers``), a private dataset cache, and
-fixtures for the bundled sample data and a tiny CPU config."""
+"""Shared pytest set-up: tests/ importable (``single_thread``, ``inference_synth``), a
+private dataset cache, and fixtures for the bundled sample data and a tiny CPU config."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from helpers.sartorius_fixture import make_sartorius_from_dsb, make_synthetic_dsb
 
 from nucdet.data.convert import main
+from nucdet.data.samples import make_sartorius_from_dsb, make_synthetic_dsb
 from nucdet.io.rle import coco_rle_to_mask
 
 

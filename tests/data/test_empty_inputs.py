@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from helpers.sartorius_fixture import make_synthetic_dsb
-
 from nucdet.data.convert import main
+from nucdet.data.samples import make_synthetic_dsb
 from nucdet.data.sartorius import CSV_COLUMNS
 
 GOOD = '{"images": ["a previous, good conversion"]}'

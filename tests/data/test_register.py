@@ -71,9 +71,8 @@ def test_predefined_dsb_folds_partition_images(tmp_path, sample_root, monkeypatc
 
 def test_predefined_sartorius_folds_grouped_by_sample(tmp_path, sample_root, monkeypatch):
     """sartorius_fold{k}: folds partition the images, and no sample_id is split."""
-    from helpers.sartorius_fixture import make_sartorius_from_dsb
-
     from nucdet.data.register import SARTORIUS_CLASSES, register_sartorius
+    from nucdet.data.samples import make_sartorius_from_dsb
 
     monkeypatch.setenv("NUCDET_CACHE", str(tmp_path / "cache"))
     ids = sorted(p.name for p in (sample_root / "stage1_train").iterdir())[:12]

@@ -26,8 +26,8 @@ import torch
 from conftest import tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from helpers.sartorius_fixture import make_synthetic_dsb
 
+from nucdet.data.samples import make_synthetic_dsb
 from nucdet.inference.pipeline import HEADER_KEY, PARTIAL_NAME
 
 HERE = Path(__file__).resolve().parent

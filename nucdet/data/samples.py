@@ -1,4 +1,6 @@
-"""Test data in the Sartorius layout built from DSB2018 folders, and tiny synthetic DSB folders.
+"""Sample datasets built on the fly: the Sartorius layout from DSB2018 folders, and tiny
+synthetic DSB folders (for tests, benchmarks and demos that must not depend on the Kaggle
+downloads).
 
 ``make_sartorius_from_dsb`` turns DSB samples (``<id>/images/<id>.png`` + ``<id>/masks/*.png``)
 into a Kaggle Sartorius ``train.csv`` + ``train/<id>.png`` (grey), with row-major RLEs and
@@ -19,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nucdet.data.dsb import list_dsb_ids
 from nucdet.io.rle import rle_encode
 
 COLUMNS = [
@@ -35,9 +38,10 @@ COLUMNS = [
 
 
 def dsb_ids(dsb_dir: str | os.PathLike, size: tuple[int, int] | None = None) -> list[str]:
-    """Sorted sample ids of a DSB folder, optionally only images of ``size`` (h, w)."""
+    """Sorted sample ids of a DSB folder (``list_dsb_ids``, incomplete folders left out),
+    optionally only images of ``size`` (h, w)."""
     dsb_dir = Path(dsb_dir)
-    ids = sorted(p.name for p in dsb_dir.iterdir() if (p / "images" / f"{p.name}.png").is_file())
+    ids = list_dsb_ids(dsb_dir, skip_bad=True)
     if size is None:
         return ids
     out = []
