@@ -104,19 +104,9 @@ def test_duplicate_sartorius_rows_and_ids_are_converted_once(tmp_path, caplog):
     csv_file.write_text("".join(lines) + lines[1])
     out = tmp_path / "out.json"
     ids = sorted({ln.split(",")[0] for ln in lines[1:]})
-    assert (
-        convert_main(
-            [
-                "sartorius",
-                str(csv_file),
-                "--output",
-                str(out),
-                "--ids",
-                f"{ids[0]},{ids[0]},{ids[1]}",
-            ]
-        )
-        == 0
-    )
+    assert convert_main(
+        ["sartorius", str(csv_file), "--output", str(out), "--ids", f"{ids[0]},{ids[0]},{ids[1]}"]
+    ) == 0
     coco = json.loads(out.read_text())
     assert f"1 exact duplicate row(s) kept once (line {len(lines) + 1} = line 2)" in caplog.text
     assert f"converted once: ['{ids[0]}']" in caplog.text
