@@ -1,8 +1,8 @@
 """Per-item work (one image converted, one image scored) on every core, in input order.
 
 ``map_items(f, items, workers)`` is ``[f(x) for x in items]`` computed by ``workers``
-processes through ``fastcore.parallel``'s ``ProcessPoolExecutor`` (its ``max_workers=0``
-runs in this process, serially). Results come back in the order of ``items`` whatever
+processes through ``fastcore.parallel``'s ``ProcessPoolExecutor``; ``workers=0`` runs in
+this process, serially, without an executor. Results come back in the order of ``items`` whatever
 the number of workers, so a converter or a scorer built on it writes the same JSON and the
 same scores serially and in parallel. ``f`` and the items must pickle: a module-level
 function, or a ``functools.partial`` of one, with plain data.
@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 from fastcore.parallel import ProcessPoolExecutor
@@ -46,7 +47,8 @@ def available_cores() -> int:
 
 def resolve_workers(workers: int | None, n_items: int | None = None) -> int:
     """Worker processes to use: ``None`` = every available core, 0 = serial (in this
-    process), N = N; never more than useful for ``n_items`` items."""
+    process), N = N; never more than ``n_items // MIN_ITEMS_PER_WORKER``, and a single
+    worker runs serially (its process would only add start-up time)."""
     if workers is None:
         workers = available_cores()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -72,16 +74,15 @@ def map_items(
     tqdm progress bar named ``desc`` (none when ``desc`` is None)."""
     items = list(items)
     n = resolve_workers(workers, len(items))
+    bar = partial(tqdm, total=len(items), desc=desc, disable=desc is None)
+    if n == 0:  # no executor at all: nothing started, nothing to shut down
+        return [f(x) for x in bar(items)]
     kwargs: dict[str, Any] = {"on_exc": _raise}
-    if n:
-        if sys.platform == "linux":
-            kwargs["mp_context"] = multiprocessing.get_context("fork")
-        chunksize = max(1, len(items) // (8 * n))  # a few chunks per worker: balance + cheap
-    else:
-        chunksize = 1
+    if sys.platform == "linux":
+        kwargs["mp_context"] = multiprocessing.get_context("fork")
+    chunksize = max(1, len(items) // (8 * n))  # a few chunks per worker: balance + cheap
     pool = ProcessPoolExecutor(n, **kwargs)
     try:
-        results = pool.map(f, items, chunksize=chunksize)
-        return list(tqdm(results, total=len(items), desc=desc, disable=desc is None))
+        return list(bar(pool.map(f, items, chunksize=chunksize)))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
