@@ -24,18 +24,19 @@ does not behave as detectron2 would):
   mapper, which reads it and ignores ``INPUT.AUG``);
 - post-processing (``POSTPROCESS``, detectron2 has none): overlaps removed
   (``REMOVE_OVERLAP``: contested pixels go to the higher score), detections below score
-  0.5 dropped (``SCORE_THRESH``; detectron2 keeps everything above
-  ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``), no mask head below that score
+  0.5 dropped from the final segmentation, i.e. submissions and MaP-IoU (``SCORE_THRESH``;
+  detectron2 keeps everything above ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``, and COCO AP
+  still ranks every detection), no mask head below that score at inference
   (``SKIP_MASKS_BELOW_THRESH``);
 - evaluation: ``TEST.EVAL_MAX_DETS`` 1000 detections per image for COCO AP (detectron2's
   ``COCOEvaluator``: 100), the NucleiEvaluator (MaP-IoU + COCO AP) instead of
-  ``COCOEvaluator`` (``TEST.EVALUATORS``), the best checkpoint kept by
-  ``SOLVER.BEST_CHECKPOINT``, metrics written every ``SOLVER.LOG_PERIOD`` (20) iterations.
+  ``COCOEvaluator`` (``TEST.EVALUATORS``), and ``model_best.pth`` kept by
+  ``SOLVER.BEST_CHECKPOINT`` when ``TEST.EVAL_PERIOD`` > 0.
 
 The other new keys default to detectron2's behaviour (``INPUT.NORMALIZATION``
 "detectron2", ``TEST.PRECISION`` "fp32", intensity augmentations off, nothing frozen).
-Layer: imports detectron2, torch and the standard library only, never nucdet.engine / inference /
-tools.
+Layer: imports detectron2, torch and the standard library only, never nucdet.engine /
+inference / tools.
 """
 
 from __future__ import annotations
