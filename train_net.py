@@ -30,11 +30,11 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from nucdet.config import ConfigError, build_cfg
 from nucdet.data.register import UnknownDatasetError, register_all, require_registered
 from nucdet.engine.checkpoint import NucleiCheckpointer
-from nucdet.engine.defaults import ConfigError, build_cfg
 from nucdet.engine.launch import launch_from_args, parse_args
-from nucdet.engine.trainer import RunDirError, Trainer, check_output_dir, prepare_training_cfg
+from nucdet.engine.trainer import RunDirError, Trainer, check_output_dir
 from nucdet.io.checkpoint import CheckpointError, CheckpointMismatchError
 
 # Errors in what the user gave (config, datasets, folders, checkpoint files): one line.
@@ -50,7 +50,7 @@ INPUT_ERRORS = (
 
 def validate(args):
     """The frozen config, with its datasets registered and checked; writes nothing."""
-    cfg = prepare_training_cfg(build_cfg(args.config_file, args.opts))
+    cfg = build_cfg(args.config_file, args.opts)  # resolved (nucdet.config.resolve_cfg)
     cfg.freeze()
     register_all(cfg)
     if not args.eval_only:

@@ -256,8 +256,8 @@ def sweep_settings(
     rows sorted best first."""
     from tqdm import tqdm
 
+    from nucdet.config import build_cfg
     from nucdet.data.imageio import read_image
-    from nucdet.engine.defaults import build_cfg
     from nucdet.inference.masks import raw_to_prediction
     from nucdet.inference.predictor import Predictor
 
@@ -307,8 +307,8 @@ def sweep_methods(
     fused method's score threshold is chosen on the fused scores it will be used with."""
     from tqdm import tqdm
 
+    from nucdet.config import build_cfg
     from nucdet.data.imageio import read_image
-    from nucdet.engine.defaults import build_cfg
     from nucdet.inference.fusion import fuse
     from nucdet.inference.masks import raw_to_prediction
     from nucdet.inference.predictor import Predictor

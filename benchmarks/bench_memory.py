@@ -69,7 +69,7 @@ def run_case(name: str) -> dict:
     import torch
     from detectron2.modeling import build_model
 
-    from nucdet.engine.defaults import build_cfg
+    from nucdet.config import build_cfg
     from nucdet.inference.ensemble import EnsemblePredictor, EnsembleSpec, ModelSpec
     from nucdet.inference.pipeline import InputImage
 

@@ -50,9 +50,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
 
-from nucdet.config import CPU_BF16_FLAGS, PRECISIONS, read_cpuinfo
+from nucdet.config import CPU_BF16_FLAGS, PRECISIONS, build_cfg, read_cpuinfo
 from nucdet.data.imageio import read_image
-from nucdet.engine.defaults import build_cfg
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.postprocess import postprocess
 from nucdet.inference.predictor import (

@@ -45,10 +45,10 @@ import torch
 from detectron2.data import DatasetCatalog
 from detectron2.utils.events import EventStorage
 
+from nucdet.config import build_cfg
 from nucdet.data.mapper import build_mapper
 from nucdet.data.register import register_all
-from nucdet.engine.defaults import build_cfg
-from nucdet.engine.trainer import Trainer, prepare_training_cfg
+from nucdet.engine.trainer import Trainer
 from nucdet.io.metrics_json import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,8 +92,7 @@ def parse_args(argv=None):
 
 
 def _cfg(args, *extra: str):
-    cfg = build_cfg(args.config, [*COMMON, *FULL_AUG, *args.opts, *extra])
-    return prepare_training_cfg(cfg)
+    return build_cfg(args.config, [*COMMON, *FULL_AUG, *args.opts, *extra])
 
 
 # ---- data_time share ---------------------------------------------------------------------

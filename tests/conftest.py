@@ -56,7 +56,7 @@ TINY_CLI_OPTS = [*TINY_OPTS, "INPUT.CROP.SIZE", "[128, 128]"]
 
 def tiny_cfg(*opts: str):
     """The tiny CPU config with test-sized overrides (cheap: ~1 s per iteration)."""
-    from nucdet.engine.defaults import build_cfg
+    from nucdet.config import build_cfg
 
     return build_cfg(TINY_CONFIG, [*TINY_OPTS, *opts])
 

@@ -48,6 +48,7 @@ def _sartorius(args: argparse.Namespace) -> int:
         image_dir=image_dir,
         image_ids=_names(args.ids),
         categories=_names(args.categories),
+        workers=args.workers,
     )
     print(f"wrote {out} (image root {image_dir})")
     return _check(out, image_dir) if args.check else 0
@@ -77,6 +78,7 @@ def _labels(args: argparse.Namespace) -> int:
         image_name=args.image_name,
         classes=_names(args.classes),
         single_class_name=args.class_name,
+        workers=args.workers,
     )
     print(f"wrote {out} (image root {args.root})")
     return _check(out, Path(args.root)) if args.check else 0
@@ -111,6 +113,16 @@ def _folds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes converting images (default: every core; 0 = serial); the output "
+        "is the same for any number",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m nucdet.data.convert", description=__doc__.splitlines()[0]
@@ -123,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-dir", help="folder of <id>.png (default: <csv folder>/train)")
     p.add_argument("--ids", help="comma-separated image ids to convert (default: all)")
     p.add_argument("--categories", help="comma-separated category order (default: sorted)")
+    _workers_argument(p)
     p.add_argument("--check", action="store_true", help="validate the output afterwards")
     p.set_defaults(func=_sartorius)
 
@@ -130,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("--output", required=True)
     p.add_argument("--ids", help="comma-separated image ids to convert (default: all)")
-    p.add_argument("--workers", type=int, default=2)
+    _workers_argument(p)
     p.add_argument(
         "--skip-bad", action="store_true", help="leave out sample folders without images/"
     )
@@ -144,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-name", default="image", help="per-sample image file stem")
     p.add_argument("--classes", help="comma-separated class order (default: natural sort)")
     p.add_argument("--class-name", default="nucleus", help="category of one-class data")
+    _workers_argument(p)
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_labels)
 

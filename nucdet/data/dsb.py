@@ -5,6 +5,9 @@ binary PNG per instance in ``<root>/<id>/masks/``. Every instance mask becomes o
 annotation (compressed RLE), exactly as drawn: small overlaps between masks are kept.
 A ``samples.json`` next to ``<root>`` (``{id: {"modality": ...}}``) adds each image's
 modality to its COCO image entry, for per-modality breakdowns.
+
+Samples are read and encoded on every core (``nucdet.parallel.map_items``, ``workers``);
+the JSON is the same for any number of workers.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from nucdet.data.coco import CocoBuilder
+from nucdet.data.coco import CocoBuilder, mask_annotation
 from nucdet.data.imageio import ImageReadError, image_size
+from nucdet.data.labels import add_annotations
+from nucdet.parallel import map_items
 
 CATEGORIES = ["nucleus"]
 logger = logging.getLogger(__name__)
@@ -72,10 +76,12 @@ def read_dsb_masks(sample_dir: str | os.PathLike, shape: tuple[int, int]) -> lis
     return masks
 
 
-def _load_sample(root: Path, image_id: str) -> tuple[str, int, int, list[np.ndarray]]:
+def _encode_sample(image_id: str, root: Path) -> tuple[int, int, list[dict]]:
+    """(height, width, COCO annotations without ids) of one sample: the per-image work."""
     image_path = root / image_id / "images" / f"{image_id}.png"
     h, w = image_size(image_path)
-    return image_id, h, w, read_dsb_masks(root / image_id, (h, w))
+    anns = [mask_annotation(m) for m in read_dsb_masks(root / image_id, (h, w))]
+    return h, w, [a for a in anns if a is not None]
 
 
 def dsb_to_coco(
@@ -83,7 +89,7 @@ def dsb_to_coco(
     out_json: str | os.PathLike,
     image_ids: Sequence[str] | None = None,
     samples_json: str | os.PathLike | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     skip_bad: bool = False,
 ) -> Path:
     """Convert a DSB folder (or the listed ``image_ids`` of it) to a COCO JSON file.
@@ -91,6 +97,7 @@ def dsb_to_coco(
     ``file_name`` entries are relative to ``root`` (``<id>/images/<id>.png``), so the
     registered image root is ``root`` itself. The output is written atomically. Sample
     folders without ``images/`` fail the conversion unless ``skip_bad`` (``list_dsb_ids``).
+    ``workers``: processes reading and encoding samples (None = every core, 0 = serial).
     """
     root = Path(root)
     ids = list_dsb_ids(root, skip_bad=skip_bad) if image_ids is None else list(image_ids)
@@ -104,10 +111,9 @@ def dsb_to_coco(
     if sj.is_file():
         meta = json.loads(sj.read_text())
     builder = CocoBuilder(CATEGORIES, info={"source": str(root), "format": "dsb2018"})
-    # cv2 releases the GIL while decoding PNGs, so threads overlap the reads.
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        samples = pool.map(lambda i: _load_sample(root, i), ids)
-        for image_id, h, w, masks in tqdm(samples, total=len(ids), desc="dsb->coco"):
-            extra = {"modality": meta[image_id]["modality"]} if image_id in meta else {}
-            builder.add_image(f"{image_id}/images/{image_id}.png", h, w, masks, **extra)
+    samples = map_items(partial(_encode_sample, root=root), ids, workers, desc="dsb->coco")
+    for image_id, (h, w, anns) in zip(ids, samples):
+        extra = {"modality": meta[image_id]["modality"]} if image_id in meta else {}
+        key = builder.add_image(f"{image_id}/images/{image_id}.png", h, w, **extra)
+        add_annotations(builder, key, anns)
     return builder.write(out_json)

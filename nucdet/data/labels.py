@@ -26,6 +26,9 @@ This module also holds the fast mask encoder the converters share:
 ``sorted_indices_to_annotation`` builds a COCO RLE annotation straight from column-major
 pixel indices, without a full-image array per instance (the dense path costs ~4 ms per
 instance on a 520x704 image; this one costs tens of microseconds).
+
+Images are read and encoded on every core (``nucdet.parallel.map_items``, ``workers``);
+the JSON is the same for any number of workers.
 """
 
 from __future__ import annotations
@@ -34,15 +37,16 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from nucdet.data.coco import CocoBuilder
 from nucdet.data.imageio import image_size, read_raw
+from nucdet.parallel import map_items
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +202,20 @@ def _per_sample_items(root: Path, image_name: str) -> tuple[list[dict], list[str
     return items, sorted(classes, key=_natural_key)
 
 
+def _encode_item(item: dict, cat_of: dict[str | None, int]) -> tuple[int, int, list[dict]]:
+    """(height, width, COCO annotations without ids) of one image and its label files."""
+    img = item["image"]
+    h, w = image_size(img)
+    anns = []
+    for cls, path in sorted(item["labels"].items(), key=lambda kv: cat_of[kv[0]]):
+        lab = read_label(path)
+        if lab.shape[:2] != (h, w):
+            raise ValueError(f"{path}: label size {lab.shape[:2]} != image {img} {(h, w)}")
+        for _, idx in label_instances(lab, source=str(path)):
+            anns.append(sorted_indices_to_annotation(idx, h, w, cat_of[cls]))
+    return h, w, anns
+
+
 def labels_to_coco(
     root: str | os.PathLike,
     out_json: str | os.PathLike,
@@ -205,11 +223,13 @@ def labels_to_coco(
     image_name: str = "image",
     classes: Sequence[str] | None = None,
     single_class_name: str = "nucleus",
+    workers: int | None = None,
 ) -> Path:
     """Convert a folder of images + label images (see module docstring) to COCO JSON.
 
     Every error (missing label, unreadable file, label size != image size, non-integer
-    labels) names the file and is raised before anything is written.
+    labels) names the file and is raised before anything is written. ``workers``:
+    processes reading and encoding images (None = every core, 0 = serial).
     """
     root = Path(root)
     if not root.is_dir():
@@ -236,17 +256,10 @@ def labels_to_coco(
         cat_of = {c: i + 1 for i, c in enumerate(names)}
 
     builder = CocoBuilder(names, info={"source": str(root), "format": f"labels-{layout}"})
-    for item in tqdm(items, desc="labels->coco"):
-        img = item["image"]
-        h, w = image_size(img)
-        anns = []
-        for cls, path in sorted(item["labels"].items(), key=lambda kv: cat_of[kv[0]]):
-            lab = read_label(path)
-            if lab.shape[:2] != (h, w):
-                raise ValueError(f"{path}: label size {lab.shape[:2]} != image {img} {(h, w)}")
-            for _, idx in label_instances(lab, source=str(path)):
-                anns.append(sorted_indices_to_annotation(idx, h, w, cat_of[cls]))
-        image_id = builder.add_image(img.relative_to(root).as_posix(), h, w, **item["extra"])
+    encoded = map_items(partial(_encode_item, cat_of=cat_of), items, workers, "labels->coco")
+    for item, (h, w, anns) in zip(items, encoded):
+        file_name = item["image"].relative_to(root).as_posix()
+        image_id = builder.add_image(file_name, h, w, **item["extra"])
         add_annotations(builder, image_id, anns)
     logger.info("%s: %d images, %d instances", root, len(builder.images), len(builder.annotations))
     return builder.write(out_json)

@@ -15,17 +15,14 @@ the crop window from their runs; flips are NumPy views.
 
 Mappers are picked by name from ``MAPPER_REGISTRY`` (``cfg.INPUT.MAPPER``) through
 ``build_mapper(cfg, is_train)``; detectron2's own ``DatasetMapper`` is registered too, for
-ablations. ``apply_normalization(cfg)`` sets ``MODEL.PIXEL_MEAN/STD`` from
-``cfg.INPUT.NORMALIZATION`` and must run before the model is built (normalisation happens
-inside the model).
+ablations. Pixel normalisation happens inside the model: ``MODEL.PIXEL_MEAN/STD``, set
+from ``INPUT.NORMALIZATION`` by ``nucdet.config.apply_normalization``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,10 +43,6 @@ logger = logging.getLogger(__name__)
 MAPPER_REGISTRY = Registry("MAPPER")
 MAPPER_REGISTRY.__doc__ = "Dataset mappers selected by name with cfg.INPUT.MAPPER."
 MAPPER_REGISTRY.register(DatasetMapper)
-
-# Per-channel mean/std on the 0..255 scale, BGR order (torchvision's ImageNet values).
-IMAGENET_MEAN_BGR = (103.530, 116.280, 123.675)
-IMAGENET_STD_BGR = (57.375, 57.120, 58.395)
 FORMATS = ("BGR", "RGB")
 
 
@@ -249,44 +242,3 @@ class NucleiDatasetMapper:
 def build_mapper(cfg: CfgNode, is_train: bool) -> Any:
     """The mapper named by ``cfg.INPUT.MAPPER`` built from ``cfg``."""
     return MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)(cfg, is_train)
-
-
-def apply_normalization(cfg: CfgNode) -> CfgNode:
-    """Set ``MODEL.PIXEL_MEAN/STD`` from ``INPUT.NORMALIZATION``; call before building the model.
-
-    ``"detectron2"`` keeps the values in the config, ``"imagenet"`` uses ImageNet's
-    mean/std, ``"dataset"`` reads ``{"mean": [...], "std": [...]}`` (BGR, 0..255) from
-    ``INPUT.DATASET_STATS`` (written by ``python -m nucdet.data.stats``). Values are
-    reordered for ``INPUT.FORMAT`` RGB. A frozen config is unfrozen and frozen again.
-    """
-    how = cfg.INPUT.NORMALIZATION
-    if how == "detectron2":
-        return cfg
-    if how == "imagenet":
-        mean, std = list(IMAGENET_MEAN_BGR), list(IMAGENET_STD_BGR)
-    elif how == "dataset":
-        path = Path(cfg.INPUT.DATASET_STATS) if cfg.INPUT.DATASET_STATS else None
-        if path is None or not path.is_file():
-            raise FileNotFoundError(
-                f"INPUT.NORMALIZATION 'dataset' needs INPUT.DATASET_STATS, a stats JSON "
-                f"(python -m nucdet.data.stats); got {cfg.INPUT.DATASET_STATS!r}"
-            )
-        stats = json.loads(path.read_text())
-        try:
-            mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: needs 'mean' and 'std' lists of numbers ({e})") from e
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"{path}: mean/std must be 3 values (BGR), std > 0; got {stats}")
-    else:
-        raise ValueError(
-            f"INPUT.NORMALIZATION must be 'detectron2', 'imagenet' or 'dataset', got {how!r}"
-        )
-    if cfg.INPUT.FORMAT == "RGB":
-        mean, std = mean[::-1], std[::-1]
-    frozen = cfg.is_frozen()
-    cfg.defrost()
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = mean, std
-    if frozen:
-        cfg.freeze()
-    return cfg

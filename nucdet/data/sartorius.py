@@ -16,7 +16,9 @@ disagree with the image file each raise an error naming the CSV line and the ima
 ``coco_to_sartorius_csv`` writes the reverse (one row per annotation, same columns), for
 round trips and for exporting predictions of other formats in the Sartorius layout.
 RLE strings are converted straight to COCO RLE through pixel indices, never through a
-full-image array per cell (73k cells would take minutes that way).
+full-image array per cell (73k cells would take minutes that way). Images are checked
+and encoded on every core (``nucdet.parallel.map_items``, ``workers``); the JSON is the
+same for any number of workers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import csv
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +39,7 @@ from nucdet.data.imageio import image_size
 from nucdet.data.labels import add_annotations, sorted_indices_to_annotation
 from nucdet.io.atomic import atomic_open
 from nucdet.io.rle import coco_rle_to_mask, rle_encode, rle_to_indices
+from nucdet.parallel import map_items
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,65 @@ def _line(df_index: int) -> int:
     return int(df_index) + 2
 
 
+@dataclass
+class _ImageRows:
+    """The CSV rows of one image: what a worker needs to check and encode it."""
+
+    image_id: str
+    rows: list[int]  # DataFrame indices (line = index + 2)
+    heights: list[str]
+    widths: list[str]
+    cell_types: list[str]
+    annotations: list[str]
+
+
+def _encode_image(
+    item: _ImageRows,
+    *,
+    csv_file: Path,
+    image_dir: Path,
+    image_ext: str,
+    names: list[str],
+    cat_of: dict[str, int],
+) -> tuple[int, int, list[dict]]:
+    """(height, width, COCO annotations without ids) of one image, its rows validated."""
+    image_id = item.image_id
+    path = image_dir / f"{image_id}{image_ext}"
+
+    def where(r: int) -> str:
+        return f"{csv_file} line {_line(r)} (image {image_id}, {path})"
+
+    try:
+        h, w = image_size(path)
+    except OSError as e:  # missing or undecodable: name the CSV row that needs it
+        raise type(e)(f"{e} (needed by {csv_file} line {_line(item.rows[0])})") from e
+    anns = []
+    for r, height, width, cell_type, annotation in zip(
+        item.rows, item.heights, item.widths, item.cell_types, item.annotations
+    ):
+        for col, value, expected in (("height", height, h), ("width", width, w)):
+            try:
+                ok = int(value) == expected
+            except ValueError:
+                raise SartoriusFormatError(
+                    f"{where(r)}: {col} {value!r} is not an integer"
+                ) from None
+            if not ok:
+                raise SartoriusFormatError(
+                    f"{where(r)}: {col} {value} disagrees with the image "
+                    f"file size {h}x{w} (height x width)"
+                )
+        if cell_type not in cat_of:
+            raise SartoriusFormatError(f"{where(r)}: cell_type {cell_type!r} not in {names}")
+        try:
+            idx = rle_to_indices(annotation, (h, w), order="C")
+        except ValueError as e:
+            raise SartoriusFormatError(f"{where(r)}: {e}") from None
+        if idx.size:  # an empty annotation marks an image without cells
+            anns.append(sorted_indices_to_annotation(idx, h, w, cat_of[cell_type]))
+    return h, w, anns
+
+
 def sartorius_to_coco(
     csv_file: str | os.PathLike,
     out_json: str | os.PathLike,
@@ -79,7 +142,7 @@ def sartorius_to_coco(
     image_ids: Sequence[str] | None = None,
     categories: Sequence[str] | None = None,
     image_ext: str = ".png",
-    workers: int = 2,
+    workers: int | None = None,
 ) -> Path:
     """Convert a Sartorius CSV to COCO JSON (see module docstring); returns ``out_json``.
 
@@ -89,7 +152,7 @@ def sartorius_to_coco(
         image_dir: folder of ``<id><image_ext>``; default ``<csv folder>/train``.
         image_ids: convert only these image ids (in this order); default all, CSV order.
         categories: category names in id order; default the sorted ``cell_type`` values.
-        workers: threads reading image files (to get and validate their size).
+        workers: processes checking and encoding images (None = every core, 0 = serial).
     """
     csv_file = Path(csv_file)
     image_dir = Path(image_dir) if image_dir is not None else csv_file.parent / "train"
@@ -125,61 +188,35 @@ def sartorius_to_coco(
     names = list(categories) if categories is not None else used
     cat_of = {n: k + 1 for k, n in enumerate(names)}
 
-    def where(r: int, image_id: str) -> str:
-        return (
-            f"{csv_file} line {_line(r)} (image {image_id}, {image_dir / (image_id + image_ext)})"
+    columns = {c: df[c].to_numpy() for c in ("height", "width", "cell_type", "annotation")}
+    items = [
+        _ImageRows(
+            i,
+            [int(r) for r in rows_of[i]],
+            *(columns[c][rows_of[i]].tolist() for c in columns),
         )
-
-    def size_of(image_id: str) -> tuple[int, int]:
-        path = image_dir / f"{image_id}{image_ext}"
-        try:
-            return image_size(path)
-        except OSError as e:  # missing or undecodable: name the CSV row that needs it
-            first = int(rows_of[image_id][0])
-            raise type(e)(f"{e} (needed by {csv_file} line {_line(first)})") from e
-
-    annotation = df["annotation"].to_numpy()
+        for i in ids
+    ]
     info = {"source": str(csv_file), "format": "sartorius"}
     if repeats.any():
         info["duplicate_rows_dropped"] = int(repeats.sum())
     builder = CocoBuilder(names, info=info)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        sizes = pool.map(size_of, ids)
-        for image_id, (h, w) in tqdm(zip(ids, sizes), total=len(ids), desc="sartorius->coco"):
-            rows = rows_of[image_id]
-            anns = []
-            for r in rows:
-                for col, expected in (("height", h), ("width", w)):
-                    value = df[col].iat[r]
-                    try:
-                        ok = int(value) == expected
-                    except ValueError:
-                        raise SartoriusFormatError(
-                            f"{where(r, image_id)}: {col} {value!r} is not an integer"
-                        ) from None
-                    if not ok:
-                        raise SartoriusFormatError(
-                            f"{where(r, image_id)}: {col} {value} disagrees with the image "
-                            f"file size {h}x{w} (height x width)"
-                        )
-                cell_type = df["cell_type"].iat[r]
-                if cell_type not in cat_of:
-                    raise SartoriusFormatError(
-                        f"{where(r, image_id)}: cell_type {cell_type!r} not in {names}"
-                    )
-                try:
-                    idx = rle_to_indices(annotation[r], (h, w), order="C")
-                except ValueError as e:
-                    raise SartoriusFormatError(f"{where(r, image_id)}: {e}") from None
-                if idx.size:  # an empty annotation marks an image without cells
-                    anns.append(sorted_indices_to_annotation(idx, h, w, cat_of[cell_type]))
-            first = rows[0]
-            extra = {k: df[k].iat[first] for k in IMAGE_KEYS if k in df.columns}
-            types = set(df["cell_type"].iloc[rows])
-            if len(types) > 1:
-                logger.warning("image %s has several cell types %s", image_id, sorted(types))
-            image_key = builder.add_image(f"{image_id}{image_ext}", h, w, **extra)
-            add_annotations(builder, image_key, anns)
+    encode = partial(
+        _encode_image,
+        csv_file=csv_file,
+        image_dir=image_dir,
+        image_ext=image_ext,
+        names=names,
+        cat_of=cat_of,
+    )
+    for item, (h, w, anns) in zip(items, map_items(encode, items, workers, "sartorius->coco")):
+        first = item.rows[0]
+        extra = {k: df[k].iat[first] for k in IMAGE_KEYS if k in df.columns}
+        types = set(item.cell_types)
+        if len(types) > 1:
+            logger.warning("image %s has several cell types %s", item.image_id, sorted(types))
+        image_key = builder.add_image(f"{item.image_id}{image_ext}", h, w, **extra)
+        add_annotations(builder, image_key, anns)
     logger.info(
         "%s: %d images, %d cells, categories %s",
         csv_file,

@@ -6,7 +6,7 @@
 Values are on the 0..255 scale in BGR order, over every pixel of every image, computed
 exactly from integer per-channel histograms of the images as the mapper reads them
 (``nucdet.data.imageio.read_image``: grey images count three equal channels). The JSON is
-what ``nucdet.data.mapper.apply_normalization`` reads. Also home of
+what ``nucdet.config.apply_normalization`` reads. Also home of
 ``load_dataset_dicts``, which resolves "registered name or COCO file" for the data tools.
 """
 

@@ -1,10 +1,10 @@
-"""Training engine: config building, the nucdet trainer, its hooks and launch.
+"""Training engine: the nucdet trainer, its hooks and launch (configs are built and
+resolved by ``nucdet.config``).
 
-- ``defaults``: ``build_cfg`` (get_cfg -> add_nucdet_config -> file -> overrides);
 - ``trainer``: ``Trainer`` (DefaultTrainer with the nucdet mapper, evaluator, hooks) and
-  ``prepare_training_cfg``;
+  the ``OUTPUT_DIR`` check;
 - ``hooks``: resumable best checkpoint, metrics writer that resumes without duplicates;
 - ``checkpoint``: atomic checkpointer; ``weights``: ``MODEL.WEIGHTS`` resolution;
 - ``freeze``: ``SOLVER.FREEZE_PATTERNS``; ``launch``: multi-process on GPUs (NCCL) or CPUs
-  (gloo).
+  (gloo), and the argument parser (``pop_flags``).
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -46,11 +46,18 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def pop_flags(opts: Sequence[str], flags: Sequence[str]) -> tuple[list[str], set[str]]:
+    """Take ``flags`` (e.g. ``--resume``) out of the trailing ``KEY VALUE`` overrides, where
+    argparse's ``REMAINDER`` leaves them when they are written after the overrides.
+
+    Returns the remaining overrides and the flags found."""
+    found = {o for o in opts if o in flags}
+    return [o for o in opts if o not in flags], found
+
+
 def parse_args(argv: list[str] | None = None, epilog: str | None = None) -> argparse.Namespace:
     """``argument_parser().parse_args`` that also accepts ``--resume`` / ``--eval-only``
     written after the ``KEY VALUE`` overrides (argparse leaves them among the overrides)."""
-    from nucdet.engine.defaults import pop_flags
-
     args = argument_parser(epilog).parse_args(argv)
     args.opts, found = pop_flags(args.opts, ("--resume", "--eval-only"))
     args.resume = args.resume or "--resume" in found

@@ -11,6 +11,8 @@
 - ``metrics.json`` + TensorBoard written every ``SOLVER.LOG_PERIOD`` iterations and at every
   checkpoint, cut back to the resumed iteration on ``--resume`` (no duplicates, no gap);
 - atomic checkpoints, ``MODEL.WEIGHTS`` as URL / local file / "" with clear errors;
+- the config resolved by ``nucdet.config.resolve_cfg`` (a no-op on one from ``build_cfg``:
+  AMP where it can run, ``INPUT.NORMALIZATION``, ...);
 - DDP on CPU (gloo, no device ids) as well as on GPUs; ``SOLVER.AMP.ENABLED``: fp16 with
   detectron2's AMPTrainer on CUDA, bf16 autocast without a grad scaler on the CPU
   (``nucdet.engine.amp``).
@@ -40,37 +42,13 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 
+from nucdet.config import build_cfg, resolve_cfg
 from nucdet.engine.amp import CPUAMPTrainer
 from nucdet.engine.checkpoint import NucleiCheckpointer
 from nucdet.engine.freeze import freeze_parameters
 from nucdet.engine.hooks import MetricsWriter, ResumableBestCheckpointer
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_training_cfg(cfg: CfgNode) -> CfgNode:
-    """Settings that depend on the machine or on other keys, resolved once before training.
-
-    - ``SOLVER.AMP.ENABLED`` is switched off when ``MODEL.DEVICE`` is neither CUDA
-      (detectron2's AMPTrainer) nor the CPU (bf16, ``nucdet.engine.amp``), with a log line;
-    - ``INPUT.NORMALIZATION`` is turned into ``MODEL.PIXEL_MEAN/STD`` (again: ``build_cfg``
-      already does it; a config built otherwise gets it here).
-
-    Returns ``cfg`` itself when nothing changes, else a modified clone (frozen if ``cfg``
-    was), so the caller's config is never changed behind its back.
-    """
-    from nucdet.data.mapper import apply_normalization
-
-    out = cfg.clone()
-    out.defrost()
-    device = out.MODEL.DEVICE
-    if out.SOLVER.AMP.ENABLED and not (device.startswith("cuda") or device == "cpu"):
-        logger.info("SOLVER.AMP.ENABLED: mixed precision needs CUDA or the CPU, off on %s", device)
-        out.SOLVER.AMP.ENABLED = False
-    apply_normalization(out)
-    if cfg.is_frozen():
-        out.freeze()
-    return cfg if out == cfg else out
 
 
 class RunDirError(ValueError):
@@ -115,8 +93,6 @@ def check_output_dir(cfg: CfgNode) -> None:
     ``config.yaml`` with one that does not describe its weights (``infer.py`` reads it).
 
     Raises ``RunDirError`` naming the differing keys. Nothing is written."""
-    from nucdet.engine.defaults import build_cfg
-
     out = cfg.OUTPUT_DIR
     if not out or not os.path.isdir(out):
         return
@@ -153,7 +129,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = prepare_training_cfg(cfg)
+        cfg = resolve_cfg(cfg)  # a no-op on a config from build_cfg (nucdet.config)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)

@@ -118,23 +118,6 @@ class NucleiEvaluator(DatasetEvaluator):
         self.write_results = write_results
         self._predictions: list[tuple[Any, ImagePrediction]] = []
 
-    @classmethod
-    def from_config(
-        cls,
-        cfg: Any,
-        dataset_name: str,
-        output_dir: str | None = None,
-        postprocess: Postprocess | None = None,
-    ) -> NucleiEvaluator:
-        """Settings from ``TEST.EVAL_MAX_DETS`` and ``TEST.METRICS``."""
-        return cls(
-            dataset_name,
-            output_dir=output_dir,
-            max_dets=cfg.TEST.EVAL_MAX_DETS,
-            metrics=tuple(cfg.TEST.METRICS),
-            postprocess=postprocess,
-        )
-
     def reset(self) -> None:
         self._predictions = []
 

@@ -11,7 +11,8 @@ Prints the overall MaP-IoU (and COCO AP for ``coco``, the only format with score
 per-group table (``--group-key``; "auto" takes ``cell_type`` / ``modality`` from the GT
 images or, with several classes, each image's majority class). A malformed submission
 (bad RLE, unknown or missing image, overlapping masks where the format forbids them) ends
-with a one-line error naming the file and row, and exit status 2.
+with a one-line error naming the file and row, and exit status 2. Images are scored on
+every core (``--workers``; 0 = serial).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-overlap",
         action="store_true",
         help="accept overlapping masks in kaggle/dsb CSVs (the competitions forbid them)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes scoring images (default: every core; 0 = serial); the scores are "
+        "the same for any number",
     )
     return p
 
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         score_thresh=args.score_thresh,
         group_key=group_key,
         progress=True,
+        workers=args.workers,
     )
     print(f"MaP-IoU: {results['segm']['MaP-IoU']:.4f}  ({len(rows)} images, {args.format})")
     if "coco" in metrics:

@@ -16,6 +16,9 @@ Which predictions each metric sees: COCO AP and VOC AP rank by score and take ev
 prediction (up to ``max_dets`` per image for COCO). MaP-IoU, GlaS and counting score a
 final segmentation: predictions with ``score >= score_thresh``, then ``postprocess`` (for
 example overlap removal) when given.
+
+Images are scored one by one (``score_image``), on ``workers`` processes
+(``nucdet.parallel.map_items``; the scores are the same for any number of workers).
 """
 
 from __future__ import annotations
@@ -25,18 +28,19 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from nucdet.evaluation.coco_ap import STAT_NAMES, coco_evaluate, prediction_to_results
 from nucdet.evaluation.counting import count_error
 from nucdet.evaluation.glas import GlasCounts, glas_counts
-from nucdet.evaluation.groundtruth import GtDataset
+from nucdet.evaluation.groundtruth import GtDataset, GtImage
 from nucdet.evaluation.mapiou import MatchCounts, match_counts, summarize_counts
 from nucdet.evaluation.voc import voc_ap_image
 from nucdet.io.atomic import atomic_open
+from nucdet.parallel import map_items
 from nucdet.structures import ImagePrediction
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,39 @@ def _check_prediction(gt: GtDataset, pred: ImagePrediction) -> None:
         )
 
 
+def score_image(
+    task: tuple[GtImage, ImagePrediction, str | None],
+    *,
+    metrics: Sequence[str],
+    score_thresh: float = 0.0,
+    postprocess: Postprocess | None = None,
+    key: str | None = None,
+) -> tuple[dict[str, Any], MatchCounts | None, GlasCounts | None]:
+    """The per-image row (see ``evaluate_predictions``) of ``(gt image, prediction,
+    group)``, with its MaP-IoU match counts and GlaS counts (None when not computed)."""
+    im, pred, group = task
+    gt_inst = im.instances()
+    final = pred.select(pred.scores >= score_thresh)
+    if postprocess is not None:
+        final = postprocess(final)
+    row: dict[str, Any] = {"image_id": im.image_id}
+    if key is not None:
+        row[key] = group
+    row.update(count_error(len(gt_inst), len(final)))
+    c = g = None
+    if "map_iou" in metrics:
+        c = match_counts(gt_inst, final)
+        row["map_iou"] = c.score()
+        for t, v in zip(c.thresholds, c.precision()):
+            row[f"p@{float(t):.2f}"] = float(v)
+    if "voc" in metrics:
+        row["voc_ap50"] = voc_ap_image(gt_inst, pred)
+    if "glas" in metrics:
+        g = glas_counts(gt_inst, final)
+        row.update({f"glas_{k}": v for k, v in g.as_dict().items()})
+    return row, c, g
+
+
 def evaluate_predictions(
     gt: GtDataset,
     predictions: Mapping[str, ImagePrediction],
@@ -74,12 +111,16 @@ def evaluate_predictions(
     postprocess: Postprocess | None = None,
     group_key: str | None = "auto",
     progress: bool = False,
+    workers: int | None = 0,
 ) -> tuple[OrderedDict[str, dict[str, float]], list[dict[str, Any]]]:
     """Score ``predictions`` (image_id -> ImagePrediction) on the images they cover.
 
     Returns ``(results, rows)``: results as described in the module docstring, and one
     dict per image (id, group, object counts, MaP-IoU and its per-threshold precision,
     counting error, and the VOC / GlaS values when computed), in dataset order.
+    ``workers``: processes scoring images (0 = serial, the default: the trainer's
+    evaluation shares the machine with training; None = every core). ``postprocess`` must
+    then pickle (``postprocess_from_cfg``'s partial does).
     """
     metrics = check_metrics(metrics)
     for p in predictions.values():
@@ -87,31 +128,23 @@ def evaluate_predictions(
     images = [im for im in gt.images if im.image_id in predictions]
     key, groups = gt.groups(group_key)
 
+    score = partial(
+        score_image,
+        metrics=metrics,
+        score_thresh=score_thresh,
+        postprocess=postprocess,
+        key=key,
+    )
+    tasks = [(im, predictions[im.image_id], groups.get(im.image_id, "")) for im in images]
+    scored = map_items(score, tasks, workers, desc="evaluate" if progress else None)
     counts: dict[str, MatchCounts] = {}
     glas_total = GlasCounts()
     rows: list[dict[str, Any]] = []
-    for im in tqdm(images, desc="evaluate", disable=not progress):
-        pred = predictions[im.image_id]
-        gt_inst = im.instances()
-        final = pred.select(pred.scores >= score_thresh)
-        if postprocess is not None:
-            final = postprocess(final)
-        row: dict[str, Any] = {"image_id": im.image_id}
-        if key is not None:
-            row[key] = groups.get(im.image_id, "")
-        row.update(count_error(len(gt_inst), len(final)))
-        if "map_iou" in metrics:
-            c = match_counts(gt_inst, final)
+    for im, (row, c, g) in zip(images, scored):
+        if c is not None:
             counts[im.image_id] = c
-            row["map_iou"] = c.score()
-            for t, v in zip(c.thresholds, c.precision()):
-                row[f"p@{float(t):.2f}"] = float(v)
-        if "voc" in metrics:
-            row["voc_ap50"] = voc_ap_image(gt_inst, pred)
-        if "glas" in metrics:
-            g = glas_counts(gt_inst, final)
+        if g is not None:
             glas_total = glas_total + g
-            row.update({f"glas_{k}": v for k, v in g.as_dict().items()})
         rows.append(row)
 
     results: OrderedDict[str, dict[str, float]] = OrderedDict()

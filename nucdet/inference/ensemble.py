@@ -46,8 +46,8 @@ import yaml
 from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
+from nucdet.config import build_cfg
 from nucdet.data.modality import COMPUTED_KEYS
-from nucdet.engine.defaults import build_cfg
 from nucdet.inference.fusion import FUSION_METHODS, NEEDS_MASK_HEADS, fuse
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.pipeline import (

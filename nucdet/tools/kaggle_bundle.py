@@ -115,10 +115,9 @@ def bundle_model(model_dir: Path, dest: Path, weights: Path | None = None) -> di
         torch.save({"model": ckpt["model"], "iteration": ckpt.get("iteration")}, f)
     cfg_text = config.read_text()
     if load_config_flat(config).get("INPUT.NORMALIZATION") == "dataset":
-        from nucdet.data.mapper import apply_normalization
-        from nucdet.engine.defaults import build_cfg
+        from nucdet.config import build_cfg
 
-        cfg = apply_normalization(build_cfg(config))
+        cfg = build_cfg(config)  # MODEL.PIXEL_MEAN/STD from the stats file
         cfg.INPUT.NORMALIZATION = "detectron2"
         cfg.INPUT.DATASET_STATS = ""
         cfg_text = cfg.dump()

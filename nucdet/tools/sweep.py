@@ -533,8 +533,8 @@ def evaluate_run_dir(run_dir: str | os.PathLike) -> dict[str, float]:
     from detectron2.evaluation.testing import flatten_results_dict
     from detectron2.utils.logger import setup_logger
 
+    from nucdet.config import build_cfg
     from nucdet.data.register import register_all
-    from nucdet.engine.defaults import build_cfg
     from nucdet.engine.trainer import Trainer
     from nucdet.io.checkpoint import CheckedCheckpointer
 

@@ -4,8 +4,6 @@ masks, crops drop empty instances, images of every kind are read right, bad inpu
 
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 import pytest
@@ -25,10 +23,8 @@ from nucdet.data.augment import (
 )
 from nucdet.data.imageio import ImageReadError
 from nucdet.data.mapper import (
-    IMAGENET_MEAN_BGR,
     MAPPER_REGISTRY,
     NucleiDatasetMapper,
-    apply_normalization,
     build_mapper,
     decode_window,
 )
@@ -308,31 +304,6 @@ def test_bad_input_raises_naming_the_file(sample, tmp_path):
     anno = {**d["annotations"][0], "segmentation": mask_to_coco_rle(big)}
     with pytest.raises(ValueError, match="img.png.*mask size"):
         mapper({**d, "annotations": [anno]})
-
-
-def test_apply_normalization(tmp_path):
-    cfg = _cfg()
-    before = (list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
-    apply_normalization(cfg)
-    assert (list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == before
-    cfg.INPUT.NORMALIZATION = "imagenet"
-    cfg.freeze()
-    apply_normalization(cfg)
-    assert cfg.is_frozen() and list(cfg.MODEL.PIXEL_MEAN) == list(IMAGENET_MEAN_BGR)
-    cfg = _cfg()
-    cfg.INPUT.NORMALIZATION, cfg.INPUT.FORMAT = "dataset", "RGB"
-    stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"mean": [10.0, 20.0, 30.0], "std": [1.0, 2.0, 3.0]}))
-    cfg.INPUT.DATASET_STATS = str(stats)
-    apply_normalization(cfg)
-    assert list(cfg.MODEL.PIXEL_MEAN) == [30.0, 20.0, 10.0]  # BGR file -> RGB model
-    assert list(cfg.MODEL.PIXEL_STD) == [3.0, 2.0, 1.0]
-    cfg.INPUT.DATASET_STATS = str(tmp_path / "none.json")
-    with pytest.raises(FileNotFoundError, match="DATASET_STATS"):
-        apply_normalization(cfg)
-    cfg.INPUT.NORMALIZATION = "zscore"
-    with pytest.raises(ValueError, match="NORMALIZATION"):
-        apply_normalization(cfg)
 
 
 def test_decode_window_equals_decode_then_crop():

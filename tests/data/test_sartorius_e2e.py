@@ -17,10 +17,10 @@ from detectron2.data import DatasetCatalog, build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from nucdet.config import add_nucdet_config
+from nucdet.config import add_nucdet_config, apply_normalization
 from nucdet.data.check import check_coco
 from nucdet.data.folds import coco_folds
-from nucdet.data.mapper import apply_normalization, build_mapper
+from nucdet.data.mapper import build_mapper
 from nucdet.data.samples import dsb_ids, make_sartorius_from_dsb, make_synthetic_dsb
 from nucdet.data.sartorius import sartorius_to_coco
 from nucdet.data.stats import dataset_stats

@@ -13,9 +13,9 @@ from conftest import REPO, TINY_CONFIG, TINY_OPTS, tiny_cfg
 from detectron2.modeling import build_model
 
 import train_net
+from nucdet.config import ConfigError
 from nucdet.data.register import UnknownDatasetError
 from nucdet.engine.checkpoint import NucleiCheckpointer
-from nucdet.engine.defaults import ConfigError
 from nucdet.engine.launch import parse_args
 from nucdet.engine.trainer import RunDirError
 from nucdet.io.checkpoint import CheckpointError, CheckpointMismatchError

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from nucdet.engine.defaults import build_cfg
+from nucdet.config import build_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(

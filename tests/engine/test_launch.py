@@ -1,16 +1,18 @@
-"""Launch helpers (the 2-process gloo run itself is test_distributed.py) and the per-machine
-config resolution done before training."""
+"""Launch helpers (the 2-process gloo run itself is test_distributed.py); the per-machine
+config resolution done before training is tests/test_config.py."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
-from conftest import tiny_cfg
 
-from nucdet.engine.launch import argument_parser, cpu_threads_per_process, launch, resolve_backend
-from nucdet.engine.trainer import prepare_training_cfg
+from nucdet.engine.launch import (
+    argument_parser,
+    cpu_threads_per_process,
+    launch,
+    pop_flags,
+    resolve_backend,
+)
 
 
 def test_backend_and_threads():
@@ -42,33 +44,6 @@ def test_single_process_runs_in_place():
         launch(seen.append, 2, num_machines=2, dist_url="auto", backend="gloo")
 
 
-def test_amp_kept_on_cpu_off_elsewhere(caplog):
-    cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True")
-    cfg.freeze()
-    assert prepare_training_cfg(cfg) is cfg  # the CPU trains in bf16 (tests/engine/test_amp.py)
-    cfg = tiny_cfg("SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "mps")
-    cfg.freeze()
-    with caplog.at_level(logging.INFO, logger="nucdet.engine.trainer"):
-        out = prepare_training_cfg(cfg)
-    assert out is not cfg and out.is_frozen()
-    assert cfg.SOLVER.AMP.ENABLED and not out.SOLVER.AMP.ENABLED  # input left alone
-    assert "mixed precision needs CUDA or the CPU, off on mps" in caplog.text
-    assert prepare_training_cfg(out) is out  # nothing left to change
-
-
-def test_normalization_resolved():
-    # build_cfg (behind tiny_cfg) resolves it for every entry point ...
-    cfg = tiny_cfg("INPUT.NORMALIZATION", "imagenet")
-    assert list(cfg.MODEL.PIXEL_MEAN) == pytest.approx([103.53, 116.28, 123.675])
-    assert list(cfg.MODEL.PIXEL_STD) == pytest.approx([57.375, 57.12, 58.395])
-    # ... and prepare_training_cfg does for a config built otherwise.
-    from detectron2.config import get_cfg
-
-    from nucdet.config import add_nucdet_config
-
-    raw = add_nucdet_config(get_cfg())
-    raw.INPUT.NORMALIZATION = "imagenet"
-    out = prepare_training_cfg(raw)
-    # detectron2's default mean is ImageNet's already; its default std is 1.
-    assert list(raw.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
-    assert list(out.MODEL.PIXEL_STD) == pytest.approx([57.375, 57.12, 58.395])
+def test_pop_flags_after_overrides():
+    opts, found = pop_flags(["A", "1", "--resume", "B", "2"], ("--resume", "--eval-only"))
+    assert (opts, found) == (["A", "1", "B", "2"], {"--resume"})

@@ -14,10 +14,10 @@ from conftest import REPO, SAMPLE_ROOT
 from detectron2.data import DatasetCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
+from nucdet.config import build_cfg
 from nucdet.data.register import register_coco
 from nucdet.data.samples import dsb_ids, make_sartorius_from_dsb
 from nucdet.data.sartorius import sartorius_to_coco
-from nucdet.engine.defaults import build_cfg
 from nucdet.engine.trainer import Trainer
 
 SART = REPO / "configs" / "sartorius"

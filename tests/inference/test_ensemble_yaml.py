@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO
 
 import ensemble_infer
+from nucdet.config import build_cfg
 from nucdet.data.register import SARTORIUS_CLASSES
-from nucdet.engine.defaults import build_cfg
 from nucdet.inference.ensemble import EnsembleSpec
 from nucdet.inference.fusion import FUSION_METHODS
 from nucdet.inference.tta import build_views

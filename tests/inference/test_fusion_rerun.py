@@ -11,7 +11,7 @@ from conftest import TINY_CONFIG
 from detectron2.modeling import build_model
 from ensemble_boxes import weighted_boxes_fusion
 
-from nucdet.engine.defaults import build_cfg
+from nucdet.config import build_cfg
 from nucdet.inference.ensemble import EnsemblePredictor, EnsembleSpec, ModelSpec
 from nucdet.inference.fusion import FUSION_METHODS, fuse
 from nucdet.inference.pipeline import InputImage

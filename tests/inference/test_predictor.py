@@ -16,7 +16,7 @@ from conftest import TINY_CONFIG, blob_image
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from nucdet.engine.defaults import build_cfg
+from nucdet.config import build_cfg
 from nucdet.inference.masks import raw_to_prediction
 from nucdet.inference.postprocess import postprocess_from_cfg
 from nucdet.inference.predictor import (

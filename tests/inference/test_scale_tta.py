@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_CONFIG
 from detectron2.modeling import build_model
 
-from nucdet.engine.defaults import build_cfg
+from nucdet.config import build_cfg
 from nucdet.inference.ensemble import EnsemblePredictor, EnsembleSpec, ModelSpec
 from nucdet.inference.masks import paste_grids
 from nucdet.inference.pipeline import InputImage

@@ -180,7 +180,7 @@ def test_yaml_output_is_read_by_the_real_loaders(tmp_path):
 
     from conftest import REPO, TINY_CONFIG
 
-    from nucdet.engine.defaults import build_cfg
+    from nucdet.config import build_cfg
     from nucdet.inference.ensemble import EnsembleSpec
 
     preds, _ = _dataset()

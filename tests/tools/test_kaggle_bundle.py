@@ -392,7 +392,7 @@ def test_ensemble_bundle_rewrites_paths_and_inlines_dataset_normalisation(tmp_pa
     assert sorted(p.name for p in (out / "scripts").iterdir()) == ["ensemble_infer.py", "infer.py"]
     assert manifest["install"][0] == "nucdet==9.9"
     # The r18 config no longer needs stats.json: its mean/std are in the config itself.
-    from nucdet.engine.defaults import build_cfg
+    from nucdet.config import build_cfg
 
     r18 = build_cfg(out / "models" / "r18" / "config.yaml")
     assert r18.INPUT.NORMALIZATION == "detectron2" and r18.INPUT.DATASET_STATS == ""
