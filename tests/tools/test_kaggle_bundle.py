@@ -20,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.tags import Tag
 
 from nucdet.__about__ import DETECTRON2_COMMIT, parse_detectron2_version
+from nucdet.tools import bundle_models as bm
 from nucdet.tools import bundle_wheels as bw
 from nucdet.tools import kaggle_bundle as kb
 
@@ -216,7 +217,7 @@ def test_rewrite_ensemble_points_models_into_the_bundle(tmp_path):
         "note": "not/a/path",
     }
     given = {(tmp_path / "out" / "a").resolve(): "r50"}
-    new, models, weights, files = kb.rewrite_ensemble(data, [tmp_path], given)
+    new, models, weights, files = bm.rewrite_ensemble(data, [tmp_path], given)
     assert new["models"][0] == {"model_dir": "{bundle}/models/r50", "weight": 2.0}
     assert new["models"][1] == {
         "config": "{bundle}/models/b/config.yaml",
@@ -250,7 +251,7 @@ def test_bundle_layout_manifest_and_stripped_weights(tmp_path):
     out = tmp_path / "bundle"
     # exclude="*": no dependency wheels, so this stays fast; the slow test does them all.
     src = fake_detectron2_source(tmp_path / "d2.tar.gz")
-    opts = ["--offline", "--exclude", "*", "--detectron2-source", str(src)]
+    opts = ["--offline", "--exclude", "*", "--detectron2-source", str(src), "--source", str(REPO)]
     manifest_path = kb.main(["--model-dir", str(model), "--output", str(out), *opts])
     manifest = json.loads(manifest_path.read_text())
     assert manifest["models"] == [
