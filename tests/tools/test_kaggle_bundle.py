@@ -183,6 +183,14 @@ def test_nucdet_wheel_is_built_offline_from_the_source(tmp_path):
         if "__pycache__" not in p.parts
     }
     assert sources <= names
+    # The bundled sample is package data, and nucdet-train a console script of the wheel
+    # (tests/test_packaging.py runs them installed, outside the checkout: slow).
+    sample = REPO / "nucdet" / "data" / "dsb2018_sample"
+    assert len(list(sample.rglob("*.png"))) > 900
+    assert {p.relative_to(REPO).as_posix() for p in sample.rglob("*") if p.is_file()} <= names
+    with zipfile.ZipFile(wheel) as z:
+        scripts = z.read(f"nucdet-{version}.dist-info/entry_points.txt").decode()
+    assert "nucdet-train = nucdet.tools.train_net:cli" in scripts.splitlines()
     requires = [ln.split(": ", 1)[1] for ln in meta.splitlines() if ln.startswith("Requires-Dist")]
     assert [Requirement(r) for r in requires] == [Requirement(d) for d in project["dependencies"]]
     target = tmp_path / "site"
