@@ -15,6 +15,7 @@ wheel's content (tests/tools/test_kaggle_bundle.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -106,8 +107,8 @@ def test_installed_wheel_runs_outside_the_checkout(tmp_path):
         capture_output=True,
         text=True,
         cwd=elsewhere,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NUCDET_CACHE": str(tmp_path / "c")},
-        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"], "NUCDET_CACHE": str(tmp_path)},
+        timeout=1200,  # a hang guard: minutes on a busy machine
     )
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
