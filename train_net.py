@@ -20,74 +20,14 @@ SOLVER.BEST_CHECKPOINT.METRIC when TEST.EVAL_PERIOD > 0). Plot the curves with
 Before anything is written, the config (unknown keys name the closest valid ones), every
 dataset of DATASETS.TRAIN and DATASETS.TEST, and OUTPUT_DIR (no checkpoints of another
 model config) are checked; input errors end in one ``train_net.py: error:`` line.
+
+The code is ``nucdet.tools.train_net`` (also the ``nucdet-train`` command of an installed
+nucdet); this file is its entry point in the repository.
 """
 
-from __future__ import annotations
+from nucdet.tools.train_net import INPUT_ERRORS, cli, main, setup, validate
 
-import sys
-
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-
-from nucdet.config import ConfigError, build_cfg
-from nucdet.data.register import UnknownDatasetError, register_all, require_registered
-from nucdet.engine.checkpoint import NucleiCheckpointer
-from nucdet.engine.launch import launch_from_args, parse_args
-from nucdet.engine.trainer import RunDirError, Trainer, check_output_dir
-from nucdet.io.checkpoint import CheckpointError, CheckpointMismatchError
-
-# Errors in what the user gave (config, datasets, folders, checkpoint files): one line.
-INPUT_ERRORS = (
-    ConfigError,
-    UnknownDatasetError,
-    RunDirError,
-    CheckpointError,
-    CheckpointMismatchError,
-    FileNotFoundError,
-)
-
-
-def validate(args):
-    """The frozen config, with its datasets registered and checked; writes nothing."""
-    cfg = build_cfg(args.config_file, args.opts)  # resolved (nucdet.config.resolve_cfg)
-    cfg.freeze()
-    register_all(cfg)
-    if not args.eval_only:
-        require_registered(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-    require_registered(cfg.DATASETS.TEST, "DATASETS.TEST")
-    check_output_dir(cfg)
-    return cfg
-
-
-def setup(args):
-    cfg = validate(args)
-    default_setup(cfg, args)  # writes OUTPUT_DIR/config.yaml, sets up logging and seeds
-    # detectron2 logs its own and fvcore's messages to OUTPUT_DIR/log.txt; add nucdet's.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nucdet")
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        NucleiCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:  # detectron2's convention, on nucdet's TTA views
-            res.update(Trainer.test_with_TTA(cfg, model))
-        return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
-
+__all__ = ["INPUT_ERRORS", "cli", "main", "setup", "validate"]
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        validate(args)  # in this process, before any worker is spawned
-        launch_from_args(main, args)
-    except INPUT_ERRORS as e:
-        sys.exit(f"train_net.py: error: {e}")
+    cli()

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "dsb2018_sample" / "stage1_train"
+SAMPLE = REPO / "nucdet" / "data" / "dsb2018_sample" / "stage1_train"
 CONFIG = REPO / "configs" / "cpu" / "mask_rcnn_R_18_FPN_lite_tiny.yaml"
 CASES = {
     "dets3000": {"size": (1040, 1392), "dets": 3000},

@@ -5,7 +5,7 @@
         [--model-dir output/...] [--images 2] [--fractions 1,0.5,0.25,0.1] [--threads N] \
         [--precision fp32,bf16] [KEY VALUE ...]
 
-Same weights, same images (the 520x696 images of ``data/dsb2018_sample``), one process:
+Same weights, same images (the 520x696 images of ``nucdet/data/dsb2018_sample``), one process:
 after an untimed warm-up, each image runs DefaultPredictor, nucdet, nucdet,
 DefaultPredictor (A-B-B-A, so drifts of the machine's load even out) and the two runs of
 each are averaged; then nucdet with each mask-score floor once.
@@ -65,7 +65,7 @@ from nucdet.io.rle import mask_to_coco_rle
 from nucdet.structures import ImagePrediction
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "dsb2018_sample"
+SAMPLE = REPO / "nucdet" / "data" / "dsb2018_sample"
 DEFAULT_CONFIG = REPO / "configs" / "dsb2018" / "mask_rcnn_R_50_FPN_GN_scratch_6k.yaml"
 NO_FLOOR = float("-inf")
 

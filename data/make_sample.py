@@ -1,11 +1,13 @@
-"""Rebuild data/dsb2018_sample from the full DSB2018 set (../shared/data/dsb2018).
+"""Rebuild nucdet/data/dsb2018_sample (the bundled sample, shipped in the nucdet package)
+from the full DSB2018 set (../shared/data/dsb2018).
 
 The sample is a small CC0 subset chosen deterministically: fluorescence 256x256 images,
 a few stained (H&E-like) 256x320 tiles, 520x696 fluorescence frames (close to the
 Sartorius 520x704 frame), 360x360 fluorescence and one brightfield image. The split into
 train/val is written to ``split.json`` next to the images.
 
-    python data/make_sample.py --source ../shared/data/dsb2018 --output data/dsb2018_sample
+    python data/make_sample.py --source ../shared/data/dsb2018 \
+        --output nucdet/data/dsb2018_sample
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def choose(samples: dict, seed: int = 0) -> dict[str, list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default="../shared/data/dsb2018")
-    ap.add_argument("--output", default="data/dsb2018_sample")
+    ap.add_argument("--output", default="nucdet/data/dsb2018_sample")
     args = ap.parse_args()
     src, out = Path(args.source), Path(args.output)
     samples = json.loads((src / "samples.json").read_text())

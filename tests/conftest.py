@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))  # entry points (infer.py, ensemble_infer.py) are 
 os.environ.setdefault("NUCDET_CACHE", tempfile.mkdtemp(prefix="nucdet-test-cache-"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-SAMPLE_ROOT = REPO / "data" / "dsb2018_sample"
+SAMPLE_ROOT = REPO / "nucdet" / "data" / "dsb2018_sample"  # package data
 TINY_CONFIG = REPO / "configs" / "cpu" / "mask_rcnn_R_18_FPN_lite_tiny.yaml"
 SHARED_DSB = REPO.parent / "shared" / "data" / "dsb2018"
 

@@ -126,3 +126,41 @@ def test_build_detectron2_without_a_compiler_says_so(tmp_path):
     )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "no C++ compiler found" in res.stderr and "DETECTRON2=" in res.stderr
+
+
+def test_dependencies_are_declared_exactly():
+    """requirements.txt lists pyproject.toml's dependencies; every third-party module nucdet
+    imports comes from one of them (or from the stack the set-up installs: torch,
+    torchvision, detectron2); ensemble-boxes, which nucdet.inference.fusion is checked
+    bit-identical against, is pinned to its version in requirements-lock.txt."""
+    import ast
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(d) for d in project["dependencies"]]
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    listed = [Requirement(ln.split("#")[0]) for ln in lines if ln.split("#")[0].strip()]
+    assert listed == declared
+    names = {canonicalize_name(r.name) for r in declared} | {"torch", "torchvision", "detectron2"}
+    modules = set()
+    for path in (REPO / "nucdet").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    third_party = sorted(m for m in modules - {"nucdet"} if m not in sys.stdlib_module_names)
+    providers = md.packages_distributions()
+    undeclared = {
+        m: providers.get(m)
+        for m in third_party
+        if not {canonicalize_name(d) for d in providers.get(m, [])} & names
+    }
+    assert not undeclared, f"imported by nucdet but not declared: {undeclared}"
+    (boxes,) = [r for r in declared if canonicalize_name(r.name) == "ensemble-boxes"]
+    lock = (REPO / "requirements-lock.txt").read_text().splitlines()
+    assert [str(boxes.specifier)] == [
+        "==" + ln.split("==")[1] for ln in lock if ln.lower().startswith("ensemble-boxes==")
+    ]

@@ -15,7 +15,7 @@
 Predefined names (root = ``cfg.DATASETS.ROOT`` or ``$NUCDET_DATASETS`` or ``./datasets``):
 
 =================================  =============================================
-``dsb2018_sample_{train,val,all}``   bundled sample, ``data/dsb2018_sample``
+``dsb2018_sample_{train,val,all}``   bundled sample, ``nucdet/data/dsb2018_sample``
 ``dsb2018_{all}``                    ``<root>/dsb2018/stage1_train``
 ``dsb2018_fold{k}_{train,val}``      k = 0..4, grouped by image, stratified by modality
                                      (``nucdet.data.folds.stratified_group_kfold``; from
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -47,8 +48,9 @@ from nucdet.data.coco import load_coco
 
 logger = logging.getLogger(__name__)
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-SAMPLE_ROOT = REPO_DATA / "dsb2018_sample"
+# The bundled sample is package data (installed with the wheel); a real folder on disk as
+# long as nucdet is not imported from a zip archive.
+SAMPLE_ROOT = Path(str(importlib.resources.files("nucdet.data") / "dsb2018_sample"))
 NUM_FOLDS = 5
 IMAGE_EXTRA_KEYS = (
     "modality",

@@ -13,7 +13,8 @@ Python (3.11 by default) and its own torch. So this module
 - finds and checks the detectron2 source (``detectron2_source``) and the prebuilt
   detectron2 wheel of this machine (``detectron2_wheel``).
 
-Where it stops: the bundle's layout, models and manifest are ``kaggle_bundle``'s.
+Where it stops: the models and ensembles are ``bundle_models``'s, the bundle's layout,
+manifest and command line ``kaggle_bundle``'s.
 """
 
 from __future__ import annotations

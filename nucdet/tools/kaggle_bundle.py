@@ -5,8 +5,9 @@
         [--python-version 3.11] [--wheels-from wheelhouse/] [--offline] [--force]
     make kaggle-bundle BUNDLE_ARGS="--model-dir output/r50 --output dist/nucdet-bundle"
 
-It is made for an image that is not ours: its Python and its torch are the image's. The
-folder holds:
+Run it in the nucdet repository (or give ``--source``): the bundle carries the wheel built
+from that source tree, its entry points and its notebook. It is made for an image that is
+not ours: its Python and its torch are the image's. The folder holds:
 
 - ``wheels/``: the nucdet wheel and every distribution nucdet and detectron2 need, at the
   versions installed here, as wheels for the target Python (``--python-version``, default
@@ -22,10 +23,11 @@ folder holds:
 - ``models/<name>/``: ``config.yaml`` and the weights (best, else final, else last
   checkpoint) stripped to the model state (no optimizer: a third of the size).
 - ``ensembles/<name>.yaml``: the ``--ensemble`` YAML with its model paths rewritten to
-  ``{bundle}/models/<name>`` (the notebook substitutes the mounted path).
+  ``{bundle}/models/<name>`` (the notebook substitutes the mounted path). Models and
+  ensembles: see ``nucdet.tools.bundle_models``.
 - ``scripts/``: ``infer.py`` and ``ensemble_infer.py`` (entry points are not in the wheel;
   the notebook runs them as scripts with the installed nucdet).
-- ``kaggle_submission.ipynb`` (a copy of notebooks/kaggle_submission.ipynb) and
+- ``kaggle_submission.ipynb`` (a copy of the source tree's notebooks/kaggle_submission.ipynb) and
   ``bundle.json``: the manifest the notebook reads (what to install, the models, the
   inference command templates, the target Python, the detectron2 commit and wheels).
 """
@@ -49,6 +51,7 @@ import yaml
 
 from nucdet.__about__ import DETECTRON2_COMMIT
 from nucdet.io.atomic import atomic_open, atomic_write_json
+from nucdet.tools.bundle_models import bundle_model, rewrite_ensemble
 from nucdet.tools.bundle_wheels import (
     BUILD_REQUIRES,
     DEFAULT_EXCLUDE,
@@ -63,138 +66,19 @@ from nucdet.tools.bundle_wheels import (
     parse_wheel_name,
     requirement_closure,
 )
-from nucdet.tools.report import load_config_flat
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK = REPO / "notebooks" / "kaggle_submission.ipynb"
+# In the nucdet source tree (--source, default the current directory): the notebook and the
+# entry points the bundle carries, which are the repository's, not the package's.
+NOTEBOOK = Path("notebooks") / "kaggle_submission.ipynb"
 SCRIPTS = ("infer.py", "ensemble_infer.py")
 MANIFEST = "bundle.json"
-PLACEHOLDER = "{bundle}"
 # The set-up's detectron2 wheel cache (scripts/build_detectron2.sh) and source cache.
 WHEEL_CACHE = Path(
     os.environ.get("NUCDET_WHEEL_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nucdet" / "wheels"
 )
-
-
-# ---- models and ensembles ----------------------------------------------------------------------
-
-
-def bundled_weights_name(weights: Path) -> str:
-    """The file name of ``weights`` in the bundle: ``model_best.pth`` / ``model_final.pth``
-    keep theirs, any other checkpoint becomes ``model_final.pth``, so that infer.py's
-    choice (best, else final) picks the one weights file a bundled model has."""
-    keep = ("model_best.pth", "model_final.pth")
-    return weights.name if weights.name in keep else "model_final.pth"
-
-
-def bundle_model(model_dir: Path, dest: Path, weights: Path | None = None) -> dict[str, Any]:
-    """Copy config.yaml and the model weights (optimizer state dropped) into ``dest``.
-
-    ``weights`` defaults to what infer.py would use (best, else final, else last).
-
-    A config with ``INPUT.NORMALIZATION: dataset`` reads a stats file at run time: its
-    mean/std are written into the bundled config instead, so the bundle is self-contained.
-    """
-    import torch
-
-    from nucdet.inference.predictor import find_weights
-
-    config = model_dir / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.yaml (not a training output dir?)")
-    weights = Path(weights) if weights is not None else find_weights(model_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    ckpt = torch.load(weights, map_location="cpu")
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{weights}: not a detectron2 checkpoint (no 'model' key)")
-    name = bundled_weights_name(weights)
-    with atomic_open(dest / name, "wb") as f:
-        torch.save({"model": ckpt["model"], "iteration": ckpt.get("iteration")}, f)
-    cfg_text = config.read_text()
-    if load_config_flat(config).get("INPUT.NORMALIZATION") == "dataset":
-        from nucdet.config import build_cfg
-
-        cfg = build_cfg(config)  # MODEL.PIXEL_MEAN/STD from the stats file
-        cfg.INPUT.NORMALIZATION = "detectron2"
-        cfg.INPUT.DATASET_STATS = ""
-        cfg_text = cfg.dump()
-    with atomic_open(dest / "config.yaml", "w") as f:
-        f.write(cfg_text)
-    return {"weights": name, "source_weights": str(weights), "iteration": ckpt.get("iteration")}
-
-
-def rewrite_ensemble(
-    ensemble: dict[str, Any], base_dirs: Sequence[Path], models: dict[Path, str]
-) -> tuple[Any, dict[Path, str], dict[Path, Path], dict[Path, str]]:
-    """Replace every path in the ensemble YAML that points into a model directory by its
-    place in the bundle: ``{bundle}/models/<name>`` for the directory, ``.../<file>`` for a
-    file in it (a weights file by its ``bundled_weights_name``). Directories holding a
-    config.yaml that are not among ``models`` yet are added (name = directory name, made
-    unique). Paths are resolved against ``base_dirs`` in order.
-
-    Any other existing file the YAML names (a routing ``ids_file``, say) is listed in
-    ``files`` and becomes ``{bundle}/ensembles/files/<name>``; the caller copies it there.
-
-    Returns (new YAML data, models, {model dir: the weights file the YAML names},
-    files {source path: path in the bundle}).
-    """
-    models = dict(models)
-    weights: dict[Path, Path] = {}
-    files: dict[Path, str] = {}
-
-    def model_name_for(d: Path) -> str:
-        if d not in models:
-            taken = set(models.values())
-            name, k = d.name, 1
-            while name in taken:
-                k += 1
-                name = f"{d.name}_{k}"
-            models[d] = name
-        return models[d]
-
-    def resolve(text: str) -> Path | None:
-        for base in base_dirs:
-            p = (base / text).resolve()
-            if p.exists():
-                return p
-        return None
-
-    def visit(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: visit(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [visit(v) for v in node]
-        if not isinstance(node, str) or not node or "\n" in node:
-            return node
-        p = resolve(node)
-        if p is None:
-            return node
-        if p.is_dir() and (p / "config.yaml").is_file():
-            return f"{PLACEHOLDER}/models/{model_name_for(p)}"
-        if p.is_file() and (p.parent / "config.yaml").is_file():
-            name = model_name_for(p.parent)
-            if p.suffix == ".pth":
-                if weights.setdefault(p.parent, p) != p:
-                    raise ValueError(
-                        f"the ensemble names two weights files of {p.parent}: "
-                        f"{weights[p.parent].name} and {p.name}"
-                    )
-                return f"{PLACEHOLDER}/models/{name}/{bundled_weights_name(p)}"
-            return f"{PLACEHOLDER}/models/{name}/{p.name}"
-        if p.is_file():
-            if p not in files:
-                stem, k, taken = p.name, 1, set(files.values())
-                while f"ensembles/files/{stem}" in taken:
-                    k += 1
-                    stem = f"{k}_{p.name}"
-                files[p] = f"ensembles/files/{stem}"
-            return f"{PLACEHOLDER}/{files[p]}"
-        return node
-
-    return visit(ensemble), models, weights, files
 
 
 # ---- the bundle --------------------------------------------------------------------------------
@@ -261,8 +145,8 @@ def build_bundle(
     wheels_from: Sequence[str | os.PathLike] = (),
     offline: bool = False,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
-    source: str | os.PathLike = REPO,
-    notebook: str | os.PathLike = NOTEBOOK,
+    source: str | os.PathLike = ".",
+    notebook: str | os.PathLike | None = None,
     force: bool = False,
     python_version: str = "3.11",
     glibc: tuple[int, int] = DEFAULT_GLIBC,
@@ -270,10 +154,13 @@ def build_bundle(
 ) -> Path:
     """Build the bundle folder (see the module docstring); returns the manifest path.
 
-    The folder is assembled under a temporary name next to ``output`` and renamed at the
-    end, so an interrupted build never leaves a half bundle under the final name.
+    ``source`` is the nucdet source tree (pyproject.toml, nucdet/, the entry points);
+    ``notebook`` defaults to its ``notebooks/kaggle_submission.ipynb``. The folder is
+    assembled under a temporary name next to ``output`` and renamed at the end, so an
+    interrupted build never leaves a half bundle under the final name.
     """
     output, source = Path(output).resolve(), Path(source).resolve()
+    notebook = source / NOTEBOOK if notebook is None else Path(notebook)
     python = parse_python_version(python_version)
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists (use --force to replace it)")
@@ -290,7 +177,7 @@ def build_bundle(
             offline,
             exclude,
             source,
-            Path(notebook),
+            notebook,
             python,
             manylinux_platforms(glibc),
             detectron2_src,
@@ -468,8 +355,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="distribution name pattern the image provides (repeatable; "
         f"default: {' '.join(DEFAULT_EXCLUDE)})",
     )
-    ap.add_argument("--source", default=str(REPO), help="nucdet source tree (pyproject.toml)")
-    ap.add_argument("--notebook", default=str(NOTEBOOK))
+    ap.add_argument(
+        "--source",
+        default=".",
+        help="nucdet source tree: pyproject.toml, nucdet/, infer.py, ensemble_infer.py "
+        "(default: the current directory)",
+    )
+    ap.add_argument("--notebook", help=f"default: SOURCE/{NOTEBOOK.as_posix()}")
     ap.add_argument("--force", action="store_true", help="replace an existing --output")
     return ap.parse_args(argv)
 

@@ -63,7 +63,10 @@ from nucdet.tools.report import (
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+# What each run starts: ``python -m TRAIN_MODULE`` (the code of train_net.py and of the
+# ``nucdet-train`` console script) with the sweep's ``--python``, so the trainer is that
+# interpreter's nucdet, installed or not; ``--train-script`` runs a script instead.
+TRAIN_MODULE = "nucdet.tools.train_net"
 RUNS_SUBDIR = "runs"
 SPEC_FILE = "sweep_run.json"  # what the run is (command, overrides) and its attempts
 DONE_FILE = "sweep_done.json"  # written atomically when the run is finished: its table row
@@ -253,7 +256,7 @@ class SweepSettings:
     common_opts: tuple[str, ...] = ()
     train_args: tuple[str, ...] = ()
     python: str = sys.executable
-    train_script: str = str(REPO / "train_net.py")
+    train_script: str | None = None  # None: -m TRAIN_MODULE
 
     def run_dir(self, run: Run) -> Path:
         return self.output / RUNS_SUBDIR / run.name
@@ -263,7 +266,7 @@ def train_command(run: Run, s: SweepSettings, resume: bool) -> list[str]:
     opts = [*s.common_opts, *[x for kv in run.overrides for x in kv]]
     return [
         s.python,
-        s.train_script,
+        *([s.train_script] if s.train_script else ["-m", TRAIN_MODULE]),
         "--config-file",
         run.config_file,
         *s.train_args,
@@ -586,7 +589,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--train-args", default="", help='extra train_net.py arguments, one string: "--num-gpus 2"'
     )
     ap.add_argument("--python", default=sys.executable, help="interpreter for train_net.py")
-    ap.add_argument("--train-script", default=str(REPO / "train_net.py"))
+    ap.add_argument(
+        "--train-script", help=f"script to run instead of python -m {TRAIN_MODULE} (train_net.py)"
+    )
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     return ap.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """End to end: DSB images -> Sartorius CSV -> COCO -> check -> folds -> register -> stats ->
 mapper -> one training step of a tiny Mask R-CNN.
 
-Uses the 520x696 images of the bundled sample (data/dsb2018_sample) and falls back to
+Uses the 520x696 images of the bundled sample (nucdet/data/dsb2018_sample) and falls back to
 synthetic ones when the sample is absent, so it never depends on data outside the repo.
 """
 

@@ -20,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.tags import Tag
 
 from nucdet.__about__ import DETECTRON2_COMMIT, parse_detectron2_version
+from nucdet.tools import bundle_models as bm
 from nucdet.tools import bundle_wheels as bw
 from nucdet.tools import kaggle_bundle as kb
 
@@ -182,6 +183,14 @@ def test_nucdet_wheel_is_built_offline_from_the_source(tmp_path):
         if "__pycache__" not in p.parts
     }
     assert sources <= names
+    # The bundled sample is package data, and nucdet-train a console script of the wheel
+    # (tests/test_packaging.py runs them installed, outside the checkout: slow).
+    sample = REPO / "nucdet" / "data" / "dsb2018_sample"
+    assert len(list(sample.rglob("*.png"))) > 900
+    assert {p.relative_to(REPO).as_posix() for p in sample.rglob("*") if p.is_file()} <= names
+    with zipfile.ZipFile(wheel) as z:
+        scripts = z.read(f"nucdet-{version}.dist-info/entry_points.txt").decode()
+    assert "nucdet-train = nucdet.tools.train_net:cli" in scripts.splitlines()
     requires = [ln.split(": ", 1)[1] for ln in meta.splitlines() if ln.startswith("Requires-Dist")]
     assert [Requirement(r) for r in requires] == [Requirement(d) for d in project["dependencies"]]
     target = tmp_path / "site"
@@ -216,7 +225,7 @@ def test_rewrite_ensemble_points_models_into_the_bundle(tmp_path):
         "note": "not/a/path",
     }
     given = {(tmp_path / "out" / "a").resolve(): "r50"}
-    new, models, weights, files = kb.rewrite_ensemble(data, [tmp_path], given)
+    new, models, weights, files = bm.rewrite_ensemble(data, [tmp_path], given)
     assert new["models"][0] == {"model_dir": "{bundle}/models/r50", "weight": 2.0}
     assert new["models"][1] == {
         "config": "{bundle}/models/b/config.yaml",
@@ -250,7 +259,7 @@ def test_bundle_layout_manifest_and_stripped_weights(tmp_path):
     out = tmp_path / "bundle"
     # exclude="*": no dependency wheels, so this stays fast; the slow test does them all.
     src = fake_detectron2_source(tmp_path / "d2.tar.gz")
-    opts = ["--offline", "--exclude", "*", "--detectron2-source", str(src)]
+    opts = ["--offline", "--exclude", "*", "--detectron2-source", str(src), "--source", str(REPO)]
     manifest_path = kb.main(["--model-dir", str(model), "--output", str(out), *opts])
     manifest = json.loads(manifest_path.read_text())
     assert manifest["models"] == [

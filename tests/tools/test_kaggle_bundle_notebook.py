@@ -84,7 +84,7 @@ def test_bundle_notebook_writes_valid_submissions(tmp_path, monkeypatch):
     bundle = tmp_path / "nucdet-bundle"
     manifest_path = kaggle_bundle.main(
         ["--model-dir", str(model), "--ensemble", str(tmp_path / "tta.yaml"),
-         "--output", str(bundle), "--python-version", "3.11"]
+         "--output", str(bundle), "--python-version", "3.11", "--source", str(REPO)]
     )  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
     names = {w["name"] for w in manifest["wheels"]}
