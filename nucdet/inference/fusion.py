@@ -42,13 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nucdet.inference.masks import (
-    CropMasks,
-    fuse_grids,
-    njit_cached,
-    paste_extent,
-    paste_grids,
-)
+from nucdet.inference.masks import CropMasks, fuse_grids, paste_extent, paste_grids
+from nucdet.jit import njit_cached
 from nucdet.structures import ImagePrediction, RawDetections
 
 logger = logging.getLogger(__name__)
