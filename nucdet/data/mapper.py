@@ -39,7 +39,7 @@ from pycocotools import mask as mask_utils
 
 from nucdet.data.augment import build_augmentations
 from nucdet.data.imageio import read_image
-from nucdet.io.rle import decode_rle_runs, expand_runs, segmentation_to_rle
+from nucdet.io.rle import counts_to_runs, expand_runs, rle_counts, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def decode_window(rle: dict, crop: T.CropTransform) -> np.ndarray:
     Works on the runs (O(mask area)), ~20x cheaper than ``mask_utils.decode`` + slicing
     for a cell in a 520x704 image.
     """
-    h_img, w_img = (int(v) for v in rle["size"])
-    starts, lengths, _ = decode_rle_runs([rle], h_img, w_img)
+    h_img = int(rle["size"][0])
+    starts, lengths = counts_to_runs(rle_counts(rle["counts"]))
     out = np.zeros((crop.h, crop.w), np.uint8)
     if lengths.size == 0:
         return out

@@ -13,12 +13,13 @@ Two families live here:
     ``coco_rle_areas``;
   - counts strings parsed in numpy (pycocotools' ``rleFrString``, vectorised over many
     strings, validated: pycocotools' C decoder trusts the counts and writes past its
-    buffer when they sum to more than h*w): ``rle_counts`` (one RLE -> all run lengths),
-    ``decode_rle_runs`` / ``decode_rle_pixels`` (many RLEs -> foreground runs / pixels,
-    without a full-image array per mask), ``expand_runs`` (runs -> pixel indices);
+    buffer when they sum to more than h*w): ``rle_counts`` (one RLE -> all run lengths,
+    ``counts_to_runs`` -> its foreground runs), ``decode_rle_runs`` /
+    ``decode_rle_pixels`` (many RLEs at once -> foreground runs / pixels, without a
+    full-image array per mask), ``expand_runs`` (runs -> pixel indices);
   - encoders without a full-image array: ``sorted_indices_to_rle`` (sorted column-major
-    pixel indices), ``crops_to_rles`` (bool crops placed in the image; a numba kernel
-    and pycocotools' ``rleToString``, compiled on first use);
+    pixel indices), ``crops_to_rles`` (bool crops placed in the image; numba kernels,
+    the second one pycocotools' ``rleToString``, compiled on first use);
   - ``segmentation_to_rle``: polygon list, compressed or uncompressed RLE -> compressed
     RLE with a JSON-safe ``counts`` str, checked against the image size.
 
@@ -226,9 +227,9 @@ def _parse_counts(
     tok_start = np.concatenate([[0], tok_end[:-1] + 1])
     tok_len = tok_end - tok_start + 1
     longest = int(tok_len.max())
-    owner = np.repeat(np.arange(n), lens)[tok_end]
     if longest > 12:
-        k = int(owner[np.flatnonzero(tok_len > 12)[0]])
+        bad = int(tok_end[np.flatnonzero(tok_len > 12)[0]])
+        k = int(np.searchsorted(np.cumsum(lens), bad, "right"))
         raise ValueError(
             where.format(k=k) + "RLE counts string holds a number too large for an image"
         )
@@ -241,19 +242,27 @@ def _parse_counts(
         x[more] |= d[tok_start[more] + j] << (5 * j)
     neg = (buf[tok_end] & 0x10) != 0
     x[neg] -= np.left_shift(1, 5 * tok_len[neg])
-    # Number -> its string (owner) and position m inside the string.
-    ntok = np.bincount(owner, minlength=n)
-    first = (np.cumsum(ntok) - ntok)[owner]
-    m = np.arange(len(x)) - first
-    # cnts[m] = x[m] + cnts[m - 2] for m > 2: running sums along the odd (from m = 1) and
-    # even (from m = 2) positions of each string. Global stride-2 running sums minus their
-    # value just before the chain starts in the string.
-    run = np.empty_like(x)
-    run[0::2] = np.cumsum(x[0::2])
-    run[1::2] = np.cumsum(x[1::2])
-    chain0 = np.minimum(first + 2 - (m & 1), len(x) - 1)
-    cnts = run - (run[chain0] - x[chain0])
-    cnts[m == 0] = x[m == 0]
+    # cnts[m] = x[m] + cnts[m - 2] for m > 2 (m: position inside the string): running sums
+    # along the odd (from m = 1) and even (from m = 2) positions of each string.
+    if n == 1:  # one string (the mapper decodes masks one by one): no bookkeeping
+        m = np.arange(len(x))
+        owner = first = np.zeros(len(x), np.int64)
+        cnts = x.copy()
+        cnts[2::2] = np.cumsum(x[2::2])
+        cnts[3::2] = x[1] + np.cumsum(x[3::2]) if len(x) > 3 else x[3::2]
+    else:
+        # Number -> its string (owner) and position m inside the string. Global stride-2
+        # running sums minus their value just before the chain starts in the string.
+        owner = np.repeat(np.arange(n), lens)[tok_end]
+        ntok = np.bincount(owner, minlength=n)
+        first = (np.cumsum(ntok) - ntok)[owner]
+        m = np.arange(len(x)) - first
+        run = np.empty_like(x)
+        run[0::2] = np.cumsum(x[0::2])
+        run[1::2] = np.cumsum(x[1::2])
+        chain0 = np.minimum(first + 2 - (m & 1), len(x) - 1)
+        cnts = run - (run[chain0] - x[chain0])
+        cnts[m == 0] = x[m == 0]
     if (cnts < 0).any():
         k = int(owner[np.flatnonzero(cnts < 0)[0]])
         raise ValueError(where.format(k=k) + "RLE has a negative run length")
@@ -277,6 +286,14 @@ def rle_counts(counts: str | bytes | list) -> np.ndarray:
         return out
     raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
     return _parse_counts(raw, np.array([len(raw)], np.int64), where="")[0]
+
+
+def counts_to_runs(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` of the foreground runs of ``rle_counts`` output (column-major
+    starts; a zero-length run may appear where the counts hold one)."""
+    ends = np.cumsum(counts)
+    lengths = counts[1::2]
+    return ends[0::2][: len(lengths)], lengths
 
 
 def _rle_bytes(rle: Any, k: int, h: int, w: int) -> bytes:

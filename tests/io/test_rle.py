@@ -11,6 +11,7 @@ from nucdet.io.rle import (
     coco_rle_areas,
     coco_rle_to_kaggle,
     coco_rle_to_mask,
+    counts_to_runs,
     crops_to_rles,
     decode_rle_pixels,
     decode_rle_runs,
@@ -260,6 +261,9 @@ def test_decode_rle_runs_are_the_foreground_runs():
     assert lengths.tolist() == [2, 4, 1]
     assert owner.tolist() == [0, 0, 2]
     assert expand_runs(starts, lengths).tolist() == [1, 2, 5, 6, 7, 8, 11]
+    # One RLE's counts (1 bg, 2 fg, 2 bg, 4 fg, 3 bg) -> the same runs of mask 0.
+    assert rle_counts(rles[0]["counts"]).tolist() == [1, 2, 2, 4, 3]
+    assert [a.tolist() for a in counts_to_runs(rle_counts(rles[0]["counts"]))] == [[1, 5], [2, 4]]
     assert expand_runs(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
     assert [len(a) for a in decode_rle_runs([], 4, 3)] == [0, 0, 0]
 
