@@ -31,9 +31,10 @@ import time
 import numpy as np
 from ensemble_boxes import weighted_boxes_fusion
 
-from nucdet.inference.fusion import fuse, wbf_clusters
+from nucdet.inference.fusion import fuse
 from nucdet.inference.masks import paste_extent, paste_grids
 from nucdet.inference.tta import build_view
+from nucdet.inference.wbf import wbf_clusters
 from nucdet.io.rle import mask_to_coco_rle
 from nucdet.structures import ImagePrediction, RawDetections
 

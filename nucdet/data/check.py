@@ -13,8 +13,9 @@ a bbox that is malformed, non-positive or not inside the image.
 Warnings: images without annotations (also listed in ``empty_images``), a bbox that
 disagrees with its mask by more than a pixel, duplicate file names.
 
-RLE counts are parsed here in numpy before pycocotools touches them: pycocotools' C
-decoder trusts the counts and writes past its buffer when they sum to more than h*w.
+RLE counts are parsed in numpy (``nucdet.io.rle.rle_counts``) before pycocotools touches
+them: pycocotools' C decoder trusts the counts and writes past its buffer when they sum to
+more than h*w.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from nucdet.data.coco import load_coco
 from nucdet.data.imageio import image_size
+from nucdet.io.rle import rle_counts, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -74,45 +76,6 @@ class CheckReport:
             raise ValueError(self.summary())
 
 
-def rle_counts(counts: str | bytes | list) -> np.ndarray:
-    """Run lengths of a COCO RLE (compressed string or uncompressed list), validated.
-
-    Raises ``ValueError`` for characters outside pycocotools' alphabet, a truncated last
-    value or negative runs. Mirrors ``rleFrString`` of pycocotools' maskApi.c.
-    """
-    if isinstance(counts, list):
-        arr = np.asarray(counts)
-        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-            raise ValueError("uncompressed RLE counts must be a flat list of integers")
-        out = arr.astype(np.int64)
-    else:
-        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
-        c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
-        if c.size == 0:
-            return np.zeros(0, np.int64)
-        if (c < 0).any() or (c > 63).any():
-            raise ValueError("compressed RLE counts hold characters outside '0'..'o'")
-        last = (c & 0x20) == 0  # a chunk without the continuation bit ends a value
-        if not last[-1]:
-            raise ValueError("compressed RLE counts end in the middle of a value")
-        token = np.concatenate([[0], np.cumsum(last)[:-1]])
-        starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
-        k = np.arange(c.size) - starts[token]
-        if k.max() > 11:
-            raise ValueError("compressed RLE counts hold a value longer than 12 characters")
-        x = np.bincount(token, weights=(c & 0x1F) << (5 * k)).astype(np.int64)
-        ends = np.flatnonzero(last)
-        neg = (c[ends] & 0x10) != 0
-        x[neg] -= np.left_shift(1, 5 * (k[ends][neg] + 1))
-        # Values from the third on are stored as differences to the value two places back.
-        out = x.copy()
-        out[2::2] = np.cumsum(x[2::2])
-        out[3::2] = x[1] + np.cumsum(x[3::2]) if x.size > 3 else x[3::2]
-    if (out < 0).any():
-        raise ValueError("RLE has negative run lengths")
-    return out
-
-
 def _check_segmentation(seg: Any, h: int, w: int) -> tuple[list[str], dict | None]:
     """Problems of one segmentation and, when it is usable, its compressed RLE."""
     if isinstance(seg, dict):
@@ -129,10 +92,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[list[str], dict | Non
             return [f"RLE covers {int(counts.sum())} pixels, image has {h}x{w}={h * w}"], None
         if int(counts[1::2].sum()) == 0:
             return ["empty mask (RLE without foreground pixels)"], None
-        if isinstance(seg["counts"], list):
-            return [], mask_utils.frPyObjects(seg, h, w)
-        c = seg["counts"]
-        return [], {"size": [h, w], "counts": c.encode("ascii") if isinstance(c, str) else c}
+        return [], segmentation_to_rle(seg, h, w)
     if isinstance(seg, list):
         problems = []
         if not seg:
@@ -149,7 +109,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[list[str], dict | Non
                 problems.append(f"polygon {k} has points outside the {h}x{w} image")
         if problems:
             return problems, None
-        return [], mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        return [], segmentation_to_rle(seg, h, w)
     return [f"segmentation of unsupported type {type(seg).__name__}"], None
 
 

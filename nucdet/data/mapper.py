@@ -35,8 +35,8 @@ from detectron2.utils.registry import Registry
 from pycocotools import mask as mask_utils
 
 from nucdet.data.augment import build_augmentations
-from nucdet.data.check import rle_counts
 from nucdet.data.imageio import read_image
+from nucdet.io.rle import counts_to_runs, expand_runs, rle_counts, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +47,11 @@ FORMATS = ("BGR", "RGB")
 
 
 def _segmentation_to_rle(seg: Any, h: int, w: int, source: str) -> dict:
-    """Compressed pycocotools RLE of an annotation's segmentation, checked against h x w."""
-    if isinstance(seg, dict):
-        if list(seg.get("size", [])) != [h, w]:
-            raise ValueError(
-                f"{source}: annotation mask size {seg.get('size')} != image size {[h, w]}"
-            )
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            return mask_utils.frPyObjects(seg, h, w)
-        if isinstance(counts, str):
-            return {"size": [h, w], "counts": counts.encode("ascii")}
-        return seg
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    raise ValueError(f"{source}: unsupported segmentation type {type(seg).__name__}")
+    """Compressed COCO RLE of an annotation's segmentation, checked against h x w."""
+    try:
+        return segmentation_to_rle(seg, h, w)
+    except ValueError as e:
+        raise ValueError(f"{source}: annotation {e}") from None
 
 
 def _effective_transforms(transforms: T.TransformList) -> list[T.Transform]:
@@ -93,16 +83,11 @@ def decode_window(rle: dict, crop: T.CropTransform) -> np.ndarray:
     for a cell in a 520x704 image.
     """
     h_img = int(rle["size"][0])
-    counts = rle_counts(rle["counts"])
-    ends = np.cumsum(counts)
-    lengths = counts[1::2]
-    starts = ends[0::2][: len(lengths)]
+    starts, lengths = counts_to_runs(rle_counts(rle["counts"]))
     out = np.zeros((crop.h, crop.w), np.uint8)
     if lengths.size == 0:
         return out
-    offsets = np.cumsum(lengths) - lengths
-    flat = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
-    cols, rows = np.divmod(flat, h_img)  # COCO RLE runs are column-major
+    cols, rows = np.divmod(expand_runs(starts, lengths), h_img)  # COCO RLE is column-major
     rows, cols = rows - crop.y0, cols - crop.x0
     inside = (rows >= 0) & (rows < crop.h) & (cols >= 0) & (cols < crop.w)
     out[rows[inside], cols[inside]] = 1

@@ -5,7 +5,8 @@ Both sources become one ``GtDataset``: per image the submission id and the COCO 
 annotation as a COCO compressed RLE with its contiguous class, the crowd flags and the
 image-level extras (``modality``, ``cell_type``, ...) used for breakdowns; the COCO
 category id of every class; plus ``to_coco()`` for pycocotools. Masks stay as annotated:
-overlapping training masks stay overlapping. Polygons are rasterised with pycocotools.
+overlapping training masks stay overlapping. Segmentations become RLEs through
+``nucdet.io.rle.segmentation_to_rle`` (polygons rasterised by pycocotools).
 """
 
 from __future__ import annotations
@@ -18,34 +19,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from nucdet.data.coco import image_keys
-from nucdet.io.rle import coco_rle_areas
+from nucdet.io.rle import coco_rle_areas, segmentation_to_rle
 from nucdet.structures import ImagePrediction
 
 # Image-level keys that name a breakdown group, in the order "auto" looks for them.
 GROUP_KEYS = ("cell_type", "modality")
 _STANDARD_KEYS = {"file_name", "height", "width", "image_id", "id", "annotations"}
-
-
-def segmentation_to_rle(segm: Any, height: int, width: int) -> dict[str, Any]:
-    """COCO compressed RLE (``counts`` str) of a polygon list or an RLE (any form)."""
-    if isinstance(segm, list):
-        if not segm:
-            raise ValueError("empty polygon list")
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if [int(v) for v in segm["size"]] != [height, width]:
-            raise ValueError(f"mask size {list(segm['size'])} != image size {[height, width]}")
-        if isinstance(segm["counts"], list):
-            rle = mask_utils.frPyObjects(segm, height, width)
-        else:
-            rle = segm
-    else:
-        raise ValueError(f"unsupported segmentation of type {type(segm).__name__}")
-    counts = rle["counts"]
-    return {
-        "size": [int(height), int(width)],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
 
 
 @dataclass

@@ -13,12 +13,13 @@ and a few megabytes whatever its size.
   others.
 - ``fuse_grids`` pastes the grids of several detections (the members of a fused cluster)
   into one crop and averages them with weights, or lets them vote; fusion uses it.
-- ``crops_to_rles`` / ``rles_to_crops`` convert between crops and full-image COCO RLEs
-  exactly, without a full-image array per instance.
+- ``CropMasks.to_rles`` / ``rles_to_crops`` convert between crops and full-image COCO
+  RLEs exactly, without a full-image array per instance (the codecs are
+  ``nucdet.io.rle.crops_to_rles`` and ``decode_rle_pixels``).
 
 The loops over crop pixels are compiled with numba (a dependency of ``ensemble-boxes``)
-and cached on disk (``__pycache__``, else numba's user cache): the first call after an
-install compiles for a few seconds, later processes load the cached code.
+and cached on disk (``nucdet.jit.njit_cached``): the first call after an install compiles
+for a few seconds, later processes load the cached code.
 This module stops at masks: scores, classes and the choice of what to fuse live in
 ``nucdet.inference.fusion`` and ``nucdet.inference.postprocess``.
 """
@@ -28,29 +29,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from nucdet.io.rle import crops_to_rles, decode_rle_pixels
+from nucdet.jit import njit_cached
 from nucdet.structures import ImagePrediction, RawDetections
 
 __all__ = [
     "CropMasks",
-    "crops_to_rles",
     "fuse_grids",
-    "njit_cached",
     "paste_extent",
     "paste_grids",
     "raw_to_prediction",
     "rles_to_crops",
 ]
-
-
-def njit_cached(fn):
-    """``numba.njit`` with its on-disk cache, or without it where no cache dir is writable."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # numba found no writable cache location: compile per process
-        return numba.njit(cache=False, nogil=True)(fn)
 
 
 _F1 = np.float32(1.0)
@@ -415,139 +407,12 @@ def raw_to_prediction(
 # ---- RLE ----------------------------------------------------------------------------------
 
 
-@njit_cached
-def _rle_counts_kernel(flat, offsets, crop_boxes, height, width):  # pragma: no cover
-    """Uncompressed COCO counts (column-major, starting with a background run) per crop."""
-    n = len(crop_boxes)
-    total_px = np.int64(height) * np.int64(width)
-    # Pass 1: number of runs per crop, to size the output.
-    nruns = np.zeros(n, np.int64)
-    for i in range(n):
-        x0 = crop_boxes[i, 0]
-        y0 = crop_boxes[i, 1]
-        cw = crop_boxes[i, 2] - x0
-        ch = crop_boxes[i, 3] - y0
-        base = offsets[i]
-        end = np.int64(-2)
-        k = 0
-        for c in range(cw):
-            for r in range(ch):
-                if flat[base + r * cw + c]:
-                    p = np.int64(x0 + c) * height + y0 + r
-                    if p != end:
-                        k += 1
-                    end = p + 1
-        nruns[i] = k
-    cptr = np.zeros(n + 1, np.int64)
-    for i in range(n):
-        cptr[i + 1] = cptr[i] + 2 * nruns[i] + 1
-    counts = np.zeros(cptr[-1], np.int64)
-    used = np.zeros(n, np.int64)
-    # Pass 2: runs as (start, end) in full-image column-major order -> alternating counts.
-    for i in range(n):
-        x0 = crop_boxes[i, 0]
-        y0 = crop_boxes[i, 1]
-        cw = crop_boxes[i, 2] - x0
-        ch = crop_boxes[i, 3] - y0
-        base = offsets[i]
-        o = cptr[i]
-        j = 0
-        start = np.int64(-1)
-        end = np.int64(-2)
-        prev = np.int64(0)
-        for c in range(cw):
-            for r in range(ch):
-                if flat[base + r * cw + c]:
-                    p = np.int64(x0 + c) * height + y0 + r
-                    if p != end:
-                        if start >= 0:
-                            counts[o + j] = start - prev
-                            counts[o + j + 1] = end - start
-                            j += 2
-                            prev = end
-                        start = p
-                    end = p + 1
-        if start >= 0:
-            counts[o + j] = start - prev
-            counts[o + j + 1] = end - start
-            j += 2
-            prev = end
-        if prev < total_px or j == 0:
-            counts[o + j] = total_px - prev
-            j += 1
-        used[i] = j
-    return counts, cptr, used
-
-
-@njit_cached
-def _compress_kernel(counts, cptr, used):  # pragma: no cover - compiled
-    """pycocotools' ``rleToString`` for every count list: ASCII bytes and string offsets.
-
-    Counts from the third on are stored as the difference to the count two places before;
-    each value is written in 5-bit groups, low first, as chr(48 + group) with 0x20 set on
-    all but the last group (0x10 of the last group is the sign).
-    """
-    n = len(used)
-    sptr = np.zeros(n + 1, np.int64)
-    out = np.empty(int(7 * used.sum()) + 1, np.uint8)
-    p = 0
-    for i in range(n):
-        o = cptr[i]
-        for j in range(used[i]):
-            x = counts[o + j]
-            if j > 2:
-                x -= counts[o + j - 2]
-            more = True
-            while more:
-                c = x & 0x1F
-                x >>= 5
-                more = (x != -1) if (c & 0x10) else (x != 0)
-                if more:
-                    c |= 0x20
-                out[p] = c + 48
-                p += 1
-        sptr[i + 1] = p
-    return out[:p], sptr
-
-
-def crops_to_rles(
-    crops: Sequence[np.ndarray], boxes: np.ndarray, height: int, width: int
-) -> list[dict]:
-    """Full-image COCO RLEs (``counts`` as str) of bool crops placed at ``boxes``.
-
-    Equal to ``mask_to_coco_rle`` of the full mask, without building it: runs are read
-    column by column from the crop and offset to full-image column-major positions (runs
-    crossing a column boundary merge, as in the full image), then compressed as
-    pycocotools' ``rleToString`` does.
-    """
-    boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
-    n = len(crops)
-    if n != len(boxes):
-        raise ValueError(f"{n} crops but {len(boxes)} boxes")
-    if n == 0:
-        return []
-    flat = np.concatenate([np.asarray(c, bool).ravel() for c in crops])
-    hw = boxes[:, 2:] - boxes[:, :2]
-    for i, c in enumerate(crops):
-        if c.shape != (hw[i, 1], hw[i, 0]):
-            raise ValueError(f"crop {i} has shape {c.shape}, box {boxes[i].tolist()}")
-    offsets = np.concatenate([[0], np.cumsum(hw[:, 0] * hw[:, 1])]).astype(np.int64)
-    counts, cptr, used = _rle_counts_kernel(flat, offsets, boxes, int(height), int(width))
-    text, sptr = _compress_kernel(counts, cptr, used)
-    text = text.tobytes().decode("ascii")
-    bounds = sptr.tolist()
-    h, w = int(height), int(width)
-    return [{"size": [h, w], "counts": text[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 def rles_to_crops(rles: Sequence[dict], height: int, width: int) -> CropMasks:
     """Tight bool crops of full-image COCO RLEs (compressed or not), no full-image array.
 
-    Uses ``nucdet.evaluation.matching.decode_rle_pixels`` (all strings decoded at once);
-    an empty mask becomes a 0x0 crop at (0, 0).
+    Uses ``nucdet.io.rle.decode_rle_pixels`` (all strings decoded at once); an empty mask
+    becomes a 0x0 crop at (0, 0).
     """
-    from nucdet.evaluation.matching import decode_rle_pixels
-
     n = len(rles)
     h, w = int(height), int(width)
     if n == 0:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from nucdet.data.imageio import ImageReadError, read_image
 from nucdet.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json
+from nucdet.io.rle import segmentation_to_rle
 from nucdet.io.writers import make_writer
 from nucdet.structures import ImagePrediction
 from nucdet.visualize import prediction_overlay
@@ -112,18 +113,7 @@ def dataset_category_ids(name: str) -> dict[int, int] | None:
 
 def gt_rles(annotations: list[dict], height: int, width: int) -> list[dict]:
     """GT masks of dataset annotations as COCO RLEs (RLE or polygon segmentations)."""
-    from pycocotools import mask as mask_utils
-
-    rles = []
-    for a in annotations:
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
-        elif isinstance(seg.get("counts"), list):
-            rles.append(mask_utils.frPyObjects(seg, height, width))
-        else:
-            rles.append(seg)
-    return rles
+    return [segmentation_to_rle(a["segmentation"], height, width) for a in annotations]
 
 
 def _labels(rles: list[dict], h: int, w: int) -> np.ndarray:

@@ -30,10 +30,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nucdet.data.labels import sorted_indices_to_rle
-from nucdet.evaluation.groundtruth import segmentation_to_rle
-from nucdet.evaluation.matching import decode_rle_pixels
-from nucdet.io.rle import rle_to_indices
+from nucdet.io.rle import (
+    decode_rle_runs,
+    rle_to_indices,
+    segmentation_to_rle,
+    sorted_indices_to_rle,
+)
 from nucdet.structures import ImagePrediction
 
 
@@ -210,7 +212,7 @@ def read_coco_results(
             if not math.isfinite(score):  # MaP-IoU would drop it, COCO AP keep it
                 raise ValueError(f"score {r['score']!r} is not a finite number")
             rle = segmentation_to_rle(r["segmentation"], im.height, im.width)
-            decode_rle_pixels([rle], im.height, im.width)  # reject corrupt counts here
+            decode_rle_runs([rle], im.height, im.width)  # reject corrupt counts here
         except (TypeError, ValueError) as e:
             raise SubmissionError(f"{where} (image {im.image_id}): {e}") from None
         rles, scores, cls = acc[im.image_id]

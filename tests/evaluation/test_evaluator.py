@@ -93,8 +93,7 @@ def _output(masks, scores):
 
 
 def test_polygon_is_the_expected_mask():
-    from nucdet.evaluation.groundtruth import segmentation_to_rle
-    from nucdet.io.rle import coco_rle_to_mask
+    from nucdet.io.rle import coco_rle_to_mask, segmentation_to_rle
 
     poly = _dicts()[1]["annotations"][0]["segmentation"]
     np.testing.assert_array_equal(coco_rle_to_mask(segmentation_to_rle(poly, H, W)), B1)

@@ -1,7 +1,8 @@
 """Pairwise overlap counting and instance normalisation (nucdet.evaluation.matching).
 
-References are independent: pycocotools' own decoder for the vectorised RLE decoder, and
-dense per-pair pixel counting with Python ints for the sparse overlap paths.
+References are independent: pycocotools' own decoder for instances read from RLEs (the
+RLE decoder itself is tested in tests/io/test_rle.py), and dense per-pair pixel counting
+with Python ints for the sparse overlap paths.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pycocotools import mask as mask_utils
 
 from nucdet.evaluation.matching import (
     as_instances,
-    decode_rle_pixels,
     from_label_image,
     from_masks,
     from_rles,
@@ -42,21 +42,20 @@ def _dense_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
     return out
 
 
-def test_rle_decoder_matches_pycocotools_on_random_masks():
+def test_from_rles_matches_pycocotools_on_random_masks():
     rng = np.random.default_rng(0)
     for trial in range(150):
         h, w = (int(v) for v in rng.integers(1, 30, 2))
         n = int(rng.integers(1, 6))
         masks = rng.random((n, h, w)) < rng.random()
         rles = _encode(masks, as_str=bool(trial % 2))
-        pix, areas = decode_rle_pixels(rles, h, w)
-        assert areas.tolist() == [int(m.sum()) for m in masks]
-        got = from_rles(rles, h, w).masks()
+        s = from_rles(rles, h, w)
+        assert s.areas.tolist() == [int(m.sum()) for m in masks]
         ref = np.stack([mask_utils.decode(r) for r in rles]).astype(bool)
-        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(s.masks(), ref)
 
 
-def test_rle_decoder_long_runs_and_negative_deltas():
+def test_from_rles_long_runs_and_negative_deltas():
     # Large images give multi-character numbers; alternating long/short runs give
     # negative differences to the count two places before (the sign bit path).
     h, w = 1000, 1200
@@ -65,9 +64,7 @@ def test_rle_decoder_long_runs_and_negative_deltas():
     m[500:501, 10] = True  # then a run of 1 after a long gap
     m[:, 600:1100] = True  # a run of 500000
     m[7, 1199] = True
-    rles = _encode(m[None])
-    np.testing.assert_array_equal(from_rles(rles).masks()[0], m)
-    assert decode_rle_pixels(rles, h, w)[1].tolist() == [int(m.sum())]
+    np.testing.assert_array_equal(from_rles(_encode(m[None])).masks()[0], m)
 
 
 def test_rle_uncompressed_counts_and_bytes():
@@ -81,18 +78,6 @@ def test_rle_uncompressed_counts_and_bytes():
     # Mixed counts types and numpy sizes take the per-mask path: same result.
     as_str = {"size": np.array([5, 4]), "counts": comp["counts"].decode("ascii")}
     np.testing.assert_array_equal(from_rles([unc, comp, as_str]).masks(), np.stack([m] * 3))
-
-
-def test_rle_errors_name_the_mask():
-    good = _encode(np.ones((1, 4, 4), bool))[0]
-    with pytest.raises(ValueError, match="mask 1: size"):
-        decode_rle_pixels([good, {"size": [4, 5], "counts": good["counts"]}], 4, 4)
-    with pytest.raises(ValueError, match="mask 1"):
-        decode_rle_pixels([good, {"size": [4, 4], "counts": "0 1"}], 4, 4)
-    with pytest.raises(ValueError, match="covers"):
-        decode_rle_pixels([{"size": [4, 4], "counts": [3, 20]}], 4, 4)
-    with pytest.raises(ValueError, match="not a COCO RLE"):
-        decode_rle_pixels([good, "1 2"], 4, 4)
 
 
 def test_label_image_ids_dtypes_and_rejections():

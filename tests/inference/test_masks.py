@@ -1,5 +1,5 @@
-"""Crop-level masks: pasting equals detectron2's, RLE conversions equal pycocotools' on the
-full mask, fusion of pasted grids by hand."""
+"""Crop-level masks: pasting equals detectron2's, RLEs decoded to crops equal pycocotools'
+on the full mask, fusion of pasted grids by hand (crops -> RLE: tests/io/test_rle.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from inference_synth import soft_raw
 
 from nucdet.inference.masks import (
     CropMasks,
-    crops_to_rles,
     fuse_grids,
     paste_extent,
     paste_grids,
@@ -76,34 +75,6 @@ def test_paste_extent_is_detectron2s():
     np.testing.assert_array_equal(
         paste_extent(boxes, 40, 60), [[0, 0, 7, 7], [9, 2, 21, 11], [57, 37, 60, 40]]
     )
-
-
-def test_crops_to_rles_equals_full_mask_encoding():
-    rng = np.random.default_rng(2)
-    cases = 0
-    for _ in range(400):
-        h, w = (int(v) for v in rng.integers(1, 14, 2))
-        x0 = int(rng.integers(0, w + 1))
-        x1 = int(rng.integers(x0, w + 1))
-        y0 = int(rng.integers(0, h + 1))
-        y1 = int(rng.integers(y0, h + 1))
-        if rng.random() < 0.2:  # full-height crops: runs continue across columns
-            y0, y1 = 0, h
-        crop = rng.random((y1 - y0, x1 - x0)) < rng.choice([0.0, 0.3, 0.8, 1.0])
-        full = np.zeros((h, w), bool)
-        full[y0:y1, x0:x1] = crop
-        got = crops_to_rles([crop], np.array([[x0, y0, x1, y1]]), h, w)[0]
-        assert got == mask_to_coco_rle(full), (h, w, x0, y0, x1, y1)
-        cases += 1
-    assert cases == 400
-    # Whole image on, single pixel at the last position, and an empty list.
-    assert crops_to_rles([np.ones((3, 4), bool)], [[0, 0, 4, 3]], 3, 4)[0] == mask_to_coco_rle(
-        np.ones((3, 4), bool)
-    )
-    last = np.zeros((3, 4), bool)
-    last[2, 3] = True
-    assert crops_to_rles([np.ones((1, 1), bool)], [[3, 2, 4, 3]], 3, 4)[0] == mask_to_coco_rle(last)
-    assert crops_to_rles([], np.zeros((0, 4)), 3, 4) == []
 
 
 def test_rles_to_crops_round_trip_and_tight_boxes():

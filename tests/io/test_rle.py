@@ -1,4 +1,7 @@
-"""RLE codecs: hand-computed strings, both pixel orders, round trips, malformed input."""
+"""RLE codecs: hand-computed strings, both pixel orders, round trips, malformed input.
+
+References are independent: hand-computed strings, pycocotools' own encoder and decoder,
+brute-force run lengths, dense masks."""
 
 import numpy as np
 import pytest
@@ -8,11 +11,18 @@ from nucdet.io.rle import (
     coco_rle_areas,
     coco_rle_to_kaggle,
     coco_rle_to_mask,
-    crop_to_coco_rle,
+    counts_to_runs,
+    crops_to_rles,
+    decode_rle_pixels,
+    decode_rle_runs,
+    expand_runs,
     mask_to_coco_rle,
+    rle_counts,
     rle_decode,
     rle_encode,
     rle_to_indices,
+    segmentation_to_rle,
+    sorted_indices_to_rle,
 )
 
 
@@ -78,7 +88,13 @@ def test_coco_helpers_match_pycocotools():
             assert coco_rle_to_kaggle(rle, order) == rle_encode(m, order)
 
 
-def test_crop_to_coco_rle_equals_full_encoding():
+def _crop_rle(crop: np.ndarray, y0: int, x0: int, h: int, w: int) -> dict:
+    """``crops_to_rles`` of one crop with its top-left corner at (y0, x0)."""
+    box = [[x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]]]
+    return crops_to_rles([crop], np.array(box), h, w)[0]
+
+
+def test_crop_rle_equals_full_encoding():
     rng = np.random.default_rng(2)
     for _ in range(500):
         h, w = rng.integers(1, 15, size=2)
@@ -86,9 +102,11 @@ def test_crop_to_coco_rle_equals_full_encoding():
         crop = rng.random((rng.integers(1, h - y0 + 1), rng.integers(1, w - x0 + 1))) < 0.6
         full = np.zeros((h, w), bool)
         full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
-        assert crop_to_coco_rle(crop, y0, x0, h, w) == mask_to_coco_rle(full)
+        assert _crop_rle(crop, y0, x0, h, w) == mask_to_coco_rle(full)
     with pytest.raises(ValueError, match="outside"):
-        crop_to_coco_rle(np.ones((3, 3), bool), 2, 0, 4, 4)
+        _crop_rle(np.ones((3, 3), bool), 2, 0, 4, 4)
+    with pytest.raises(ValueError, match="outside"):
+        crops_to_rles([np.ones((1, 1), bool)], [[-1, 0, 0, 1]], 4, 4)
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
@@ -121,3 +139,194 @@ def test_areas_of_more_than_255_masks():
     areas = [a["area"] for a in gt.to_coco()["annotations"]]
     assert areas == expected.tolist()
     assert coco_rle_areas([]).shape == (0,)
+
+
+# ---- COCO counts strings and the batched decoder -------------------------------------------
+
+
+def _encode(masks: np.ndarray, as_str: bool = True) -> list[dict]:
+    """pycocotools' own encoding of every mask, ``counts`` as str or bytes."""
+    out = []
+    for m in masks:
+        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        if as_str:
+            r["counts"] = r["counts"].decode("ascii")
+        out.append(r)
+    return out
+
+
+def _dense(pix: np.ndarray, areas: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(N, H, W) masks of decode_rle_pixels' column-major pixels, mask by mask."""
+    out = np.zeros((len(areas), w * h), bool)
+    out[np.repeat(np.arange(len(areas)), areas), pix] = True
+    return out.reshape(len(areas), w, h).transpose(0, 2, 1)
+
+
+def _runs_f(mask: np.ndarray) -> list[int]:
+    """Uncompressed COCO counts by brute force: alternating run lengths in column order."""
+    flat = mask.ravel(order="F").astype(int)
+    counts, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            counts.append(n)
+            cur, n = v, 0
+        n += 1
+    counts.append(n)
+    return counts
+
+
+def test_rle_counts_parses_pycocotools_strings():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (5, 7), (40, 30), (300, 200)]:
+        for density in (0.0, 0.05, 0.5, 0.95):
+            m = rng.random(shape) < density
+            if shape == (300, 200):
+                m[:] = False
+                m[10:290, 5:190] = True  # long runs: multi-character values
+            enc = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            got = rle_counts(enc["counts"]).tolist()
+            assert got == _runs_f(m)
+            assert rle_counts(enc["counts"].decode()).tolist() == got
+            assert rle_counts(got).tolist() == got
+
+
+@pytest.mark.parametrize("bad", ["0a~", "P", "@", "3\x7f"])
+def test_rle_counts_rejects_garbage(bad):
+    with pytest.raises(ValueError):
+        rle_counts(bad)
+
+
+def test_rle_decoder_matches_pycocotools_on_random_masks():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        n = int(rng.integers(1, 6))
+        masks = rng.random((n, h, w)) < rng.random()
+        rles = _encode(masks, as_str=bool(trial % 2))
+        pix, areas = decode_rle_pixels(rles, h, w)
+        assert areas.tolist() == [int(m.sum()) for m in masks]
+        got = _dense(pix, areas, h, w)
+        ref = np.stack([mask_utils.decode(r) for r in rles]).astype(bool)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_rle_decoder_long_runs_and_negative_deltas():
+    # Large images give multi-character numbers; alternating long/short runs give
+    # negative differences to the count two places before (the sign bit path).
+    h, w = 1000, 1200
+    m = np.zeros((h, w), bool)
+    m[:, 3] = True  # one run of 1000
+    m[500:501, 10] = True  # then a run of 1 after a long gap
+    m[:, 600:1100] = True  # a run of 500000
+    m[7, 1199] = True
+    rles = _encode(m[None])
+    np.testing.assert_array_equal(_dense(*decode_rle_pixels(rles, h, w), h, w)[0], m)
+    assert decode_rle_pixels(rles, h, w)[1].tolist() == [int(m.sum())]
+
+
+def test_rle_uncompressed_counts_and_bytes():
+    m = np.zeros((5, 4), bool)
+    m[1:3, 1:3] = True
+    # Column-major runs: 6 bg, 2 fg, 3 bg, 2 fg, rest bg.
+    unc = {"size": [5, 4], "counts": [6, 2, 3, 2, 7]}
+    comp = _encode(m[None], as_str=False)[0]
+    for r in (unc, comp):
+        np.testing.assert_array_equal(_dense(*decode_rle_pixels([r], 5, 4), 5, 4)[0], m)
+    # Mixed counts types and numpy sizes take the per-mask path: same result.
+    as_str = {"size": np.array([5, 4]), "counts": comp["counts"].decode("ascii")}
+    got = _dense(*decode_rle_pixels([unc, comp, as_str], 5, 4), 5, 4)
+    np.testing.assert_array_equal(got, np.stack([m] * 3))
+
+
+def test_rle_errors_name_the_mask():
+    good = _encode(np.ones((1, 4, 4), bool))[0]
+    with pytest.raises(ValueError, match="mask 1: size"):
+        decode_rle_pixels([good, {"size": [4, 5], "counts": good["counts"]}], 4, 4)
+    with pytest.raises(ValueError, match="mask 1"):
+        decode_rle_pixels([good, {"size": [4, 4], "counts": "0 1"}], 4, 4)
+    with pytest.raises(ValueError, match="covers"):
+        decode_rle_pixels([{"size": [4, 4], "counts": [3, 20]}], 4, 4)
+    with pytest.raises(ValueError, match="not a COCO RLE"):
+        decode_rle_pixels([good, "1 2"], 4, 4)
+
+
+def test_decode_rle_runs_are_the_foreground_runs():
+    # 4x3 column-major: pixels 1-2 and 5-8 of mask 0, nothing in mask 1, pixel 11 of mask 2.
+    masks = np.zeros((3, 12), bool)
+    masks[0, [1, 2, 5, 6, 7, 8]] = True
+    masks[2, 11] = True
+    rles = _encode(masks.reshape(3, 3, 4).transpose(0, 2, 1))
+    starts, lengths, owner = decode_rle_runs(rles, 4, 3)
+    assert starts.tolist() == [1, 5, 11]
+    assert lengths.tolist() == [2, 4, 1]
+    assert owner.tolist() == [0, 0, 2]
+    assert expand_runs(starts, lengths).tolist() == [1, 2, 5, 6, 7, 8, 11]
+    # One RLE's counts (1 bg, 2 fg, 2 bg, 4 fg, 3 bg) -> the same runs of mask 0.
+    assert rle_counts(rles[0]["counts"]).tolist() == [1, 2, 2, 4, 3]
+    assert [a.tolist() for a in counts_to_runs(rle_counts(rles[0]["counts"]))] == [[1, 5], [2, 4]]
+    assert expand_runs(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+    assert [len(a) for a in decode_rle_runs([], 4, 3)] == [0, 0, 0]
+
+
+# ---- encoders without a full-image array --------------------------------------------------
+
+
+def test_sorted_indices_match_dense_encoder():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (3, 5), (17, 23), (64, 48)]:
+        for density in (0.0, 0.1, 0.5, 1.0):
+            m = rng.random(shape) < density
+            if density == 1.0:
+                m[:] = True
+            idx = np.flatnonzero(m.ravel(order="F"))
+            assert sorted_indices_to_rle(idx, *shape) == mask_to_coco_rle(m)
+
+
+def test_crops_to_rles_equals_full_mask_encoding():
+    rng = np.random.default_rng(2)
+    cases = 0
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        x0 = int(rng.integers(0, w + 1))
+        x1 = int(rng.integers(x0, w + 1))
+        y0 = int(rng.integers(0, h + 1))
+        y1 = int(rng.integers(y0, h + 1))
+        if rng.random() < 0.2:  # full-height crops: runs continue across columns
+            y0, y1 = 0, h
+        crop = rng.random((y1 - y0, x1 - x0)) < rng.choice([0.0, 0.3, 0.8, 1.0])
+        full = np.zeros((h, w), bool)
+        full[y0:y1, x0:x1] = crop
+        got = crops_to_rles([crop], np.array([[x0, y0, x1, y1]]), h, w)[0]
+        assert got == mask_to_coco_rle(full), (h, w, x0, y0, x1, y1)
+        cases += 1
+    assert cases == 400
+    # Whole image on, single pixel at the last position, and an empty list.
+    assert crops_to_rles([np.ones((3, 4), bool)], [[0, 0, 4, 3]], 3, 4)[0] == mask_to_coco_rle(
+        np.ones((3, 4), bool)
+    )
+    last = np.zeros((3, 4), bool)
+    last[2, 3] = True
+    assert crops_to_rles([np.ones((1, 1), bool)], [[3, 2, 4, 3]], 3, 4)[0] == mask_to_coco_rle(last)
+    assert crops_to_rles([], np.zeros((0, 4)), 3, 4) == []
+
+
+# ---- segmentations -------------------------------------------------------------------------
+
+
+def test_segmentation_to_rle_of_every_form():
+    m = np.zeros((6, 7), bool)
+    m[1:4, 2:6] = True
+    ref = mask_to_coco_rle(m)
+    comp = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    unc = {"size": [6, 7], "counts": rle_counts(comp["counts"]).tolist()}
+    for seg in (ref, comp, unc):
+        assert segmentation_to_rle(seg, 6, 7) == ref
+    poly = [[2.0, 1.0, 6.0, 1.0, 6.0, 4.0, 2.0, 4.0]]
+    ref_poly = mask_utils.merge(mask_utils.frPyObjects(poly, 6, 7))
+    assert segmentation_to_rle(poly, 6, 7)["counts"] == ref_poly["counts"].decode()
+    with pytest.raises(ValueError, match="empty polygon"):
+        segmentation_to_rle([], 6, 7)
+    with pytest.raises(ValueError, match=r"mask size \[6, 7\] != image size \[7, 6\]"):
+        segmentation_to_rle(ref, 7, 6)
+    with pytest.raises(ValueError, match="unsupported segmentation of type str"):
+        segmentation_to_rle("1 2", 6, 7)

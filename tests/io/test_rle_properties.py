@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 from nucdet.io.rle import (
     coco_rle_to_kaggle,
     coco_rle_to_mask,
-    crop_to_coco_rle,
+    crops_to_rles,
     mask_to_coco_rle,
     rle_decode,
     rle_encode,
@@ -90,7 +90,7 @@ def test_coco_round_trips(mask, order):
 
 @SETTINGS
 @given(shapes.flatmap(lambda s: st.tuples(st.just(s), st.data())))
-def test_crop_to_coco_rle_is_the_full_mask(args):
+def test_crops_to_rles_is_the_full_mask(args):
     (h, w), data = args
     y0 = data.draw(st.integers(0, h - 1))
     x0 = data.draw(st.integers(0, w - 1))
@@ -99,7 +99,7 @@ def test_crop_to_coco_rle_is_the_full_mask(args):
     crop = data.draw(arrays(bool, (ch, cw)))
     full = np.zeros((h, w), bool)
     full[y0 : y0 + ch, x0 : x0 + cw] = crop
-    rle = crop_to_coco_rle(crop, y0, x0, h, w)
+    rle = crops_to_rles([crop], np.array([[x0, y0, x0 + cw, y0 + ch]]), h, w)[0]
     assert rle == mask_to_coco_rle(full)
 
 
