@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, add_io_arguments, run_from_args
+from nucdet.inference.cli import add_io_arguments, run_from_args
+from nucdet.inference.ensemble import EnsembleSpec, ModelSpec
 
 
 def parse_args(argv=None):

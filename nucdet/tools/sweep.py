@@ -68,6 +68,7 @@ from typing import Any
 import yaml
 
 from nucdet.engine.cluster import ClusterSettings, add_cluster_arguments, settings_from_args
+from nucdet.inference.shards import parse_shard
 from nucdet.io.atomic import atomic_write_json
 from nucdet.tools.report import (
     metric_columns,
@@ -242,14 +243,6 @@ def build_runs(
             seen[name] = run
             runs.append(run)
     return runs
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``i/n`` -> (i, n) with 0 <= i < n."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard expects i/n with 0 <= i < n, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def select_shard(runs: Sequence[Run], shard: tuple[int, int] | None) -> list[Run]:
