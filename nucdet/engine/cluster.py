@@ -248,6 +248,22 @@ def machine_layout(env: Any) -> tuple[int, int, str]:
     return env.num_tasks, env.global_rank, f"tcp://{host}:{job_port(env.job_id)}"
 
 
+class _ByValue:
+    """A callable carried by cloudpickle: ``main`` of a script arrives in the job by value
+    (its module is the job's ``__main__`` there), and the per-machine launch spawns its
+    worker processes with the standard pickler, which could not find it by name."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        import cloudpickle
+
+        self.data = cloudpickle.dumps(fn)
+
+    def __call__(self, *args: Any) -> Any:
+        import cloudpickle
+
+        return cloudpickle.loads(self.data)(*args)
+
+
 def has_checkpoint(output_dir: str | os.PathLike) -> bool:
     return (Path(output_dir) / "last_checkpoint").is_file()
 
@@ -275,6 +291,7 @@ class TrainJob:
         env = job_environment()
         if env is None:
             raise RuntimeError("TrainJob runs inside a submitit job")
+        logging.basicConfig(level=logging.INFO, format="[nucdet job %(asctime)s] %(message)s")
         args = self.task_args(env, output_dir_of(self.args.opts))
         logger.info(
             "%s: machine %d of %d, %s, resume=%s",
@@ -284,7 +301,7 @@ class TrainJob:
             args.dist_url,
             args.resume,
         )
-        launch_from_args(self.main, args)
+        launch_from_args(_ByValue(self.main), args)
         return output_dir_of(self.args.opts)
 
     def checkpoint(self) -> Any:
@@ -311,6 +328,11 @@ def submit_training(main: Callable[[argparse.Namespace], Any], args: argparse.Na
     args = copy.copy(args)
     args.opts = [*args.opts, "OUTPUT_DIR", output_dir]  # the job may start in another folder
     settings = settings_from_args(args, args.submit)
+    if args.num_machines not in (1, settings.nodes):
+        raise ClusterError(
+            f"--num-machines {args.num_machines} with --submit: give the machines as --nodes "
+            "(each task of the job finds its rank and the process group's address itself)"
+        )
     if settings.gpus_per_node == 0 and args.dist_backend != "gloo" and args.num_gpus > 0:
         settings.gpus_per_node = args.num_gpus  # --num-gpus N: N GPUs on each node
     executor = make_executor(settings, Path(output_dir) / "submitit", "nucdet-train")
@@ -327,3 +349,15 @@ def submit_training(main: Callable[[argparse.Namespace], Any], args: argparse.Na
         job.result()
         logger.info("training job %s finished: %s", job.job_id, output_dir)
     return job
+
+
+def add_submit_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--submit`` / ``--no-wait`` and the cluster flags of a submitted training."""
+    ap.add_argument(
+        "--submit",
+        choices=CLUSTERS,
+        help="run as one submitit job: slurm (sbatch), or local (submitit's local executor, "
+        "--nodes machines simulated as processes here); resumes after pre-emption",
+    )
+    ap.add_argument("--no-wait", action="store_true", help="with --submit: do not wait")
+    add_cluster_arguments(ap)
