@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nucdet.engine.cluster import add_shard_submit_arguments, submit_shards
 from nucdet.inference.cli import add_io_arguments, run_from_args
 from nucdet.inference.ensemble import EnsembleSpec, ModelSpec
 from nucdet.inference.fusion import FUSION_METHODS
@@ -32,6 +33,7 @@ def parse_args(argv=None):
     ap.add_argument("--weights-per-model", help="comma-separated fusion weights")
     ap.add_argument("--views", help="comma-separated TTA views, e.g. identity,hflip,vflip")
     ap.add_argument("--fusion", choices=sorted(FUSION_METHODS))
+    add_shard_submit_arguments(ap)
     add_io_arguments(ap, default_format=None)
     return ap.parse_args(argv)
 
@@ -62,9 +64,15 @@ def build_spec(args) -> EnsembleSpec:
     return spec
 
 
+def run(args) -> dict:
+    return run_from_args(build_spec(args), args)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    return run_from_args(build_spec(args), args)
+    if args.submit:  # --tasks shard jobs, then the merge: nucdet.engine.cluster
+        return submit_shards(run, args)
+    return run(args)
 
 
 if __name__ == "__main__":

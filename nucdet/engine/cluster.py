@@ -41,6 +41,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 CLUSTERS = ("slurm", "local")
+POLL_S = {"slurm": 30.0, "local": 1.0}  # seconds between job-state checks
 PORT_BASE, PORT_RANGE = 20000, 20000
 
 
@@ -204,12 +205,12 @@ def run_in_waves(
 ) -> None:
     """Submit ``submit(item)`` for each item, at most ``max_parallel`` running at once (0: all
     at once), calling ``on_done(item, result, error)`` as each job finishes."""
-    queue = list(items)
+    queue = list(enumerate(items))
     running: dict[int, tuple[Any, Any]] = {}
     while queue or running:
         while queue and (max_parallel <= 0 or len(running) < max_parallel):
-            item = queue.pop(0)
-            running[id(item)] = (item, submit(item))
+            k, item = queue.pop(0)
+            running[k] = (item, submit(item))
         finished = [k for k, (_, j) in running.items() if j.done()]
         for k in finished:
             item, job = running.pop(k)
@@ -361,3 +362,81 @@ def add_submit_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--no-wait", action="store_true", help="with --submit: do not wait")
     add_cluster_arguments(ap)
+
+
+# ---- sharded inference as jobs ----------------------------------------------------------------
+
+
+class ShardJob:
+    """One inference shard (``run(args)`` with ``args.shard`` set) as a submitit job; a
+    requeued job resumes from the shard's ``predictions.jsonl``."""
+
+    def __init__(self, run: Callable[[argparse.Namespace], Any], args: argparse.Namespace):
+        self.run = run
+        self.args = args
+
+    def __call__(self) -> Any:
+        return self.run(self.args)
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(ShardJob(self.run, self.args))
+
+
+def shard_dirs(output: str | os.PathLike, n: int) -> list[Path]:
+    """Where the ``n`` shard jobs of an inference submitted into ``output`` write."""
+    return [Path(output) / "shards" / f"shard-{i}-of-{n}" for i in range(n)]
+
+
+def submit_shards(run: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> dict:
+    """``infer.py`` / ``ensemble_infer.py --submit slurm|local --tasks N``: N jobs, shard i
+    of N each into ``OUTPUT/shards/shard-i-of-N``, then the merge into ``OUTPUT``
+    (``nucdet.inference.shards.merge_shards``); returns the merged metrics."""
+    from nucdet.inference.shards import merge_shards
+
+    n = int(args.tasks)
+    if n < 1:
+        raise ClusterError(f"--tasks must be >= 1, got {n}")
+    if args.shard is not None:
+        raise ClusterError("give --shard or --submit --tasks N, not both")
+    settings = settings_from_args(args, args.submit)
+    if settings.nodes != 1:
+        raise ClusterError("an inference shard is one machine (--nodes 1); use --tasks N")
+    output = Path(args.output).resolve()
+    dirs = shard_dirs(output, n)
+    executor = make_executor(settings, output / "submitit", "nucdet-infer")
+    errors: list[str] = []
+
+    def submit(i: int) -> Any:
+        a = copy.copy(args)
+        a.shard, a.output, a.submit = (i, n), str(dirs[i]), None
+        job = executor.submit(ShardJob(run, a))
+        logger.info("shard %d/%d: submitted job %s", i, n, job.job_id)
+        return job
+
+    def on_done(i: int, result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            errors.append(f"shard {i}/{n}: {error}")
+            logger.error("shard %d/%d failed: %s", i, n, error)
+        else:
+            logger.info("shard %d/%d done", i, n)
+
+    run_in_waves(list(range(n)), submit, on_done, settings.max_parallel, POLL_S[settings.cluster])
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} shard job(s) failed (rerun the command: finished images are kept):\n"
+            + "\n".join(errors)
+        )
+    return merge_shards(dirs, output)
+
+
+def add_shard_submit_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--submit`` / ``--tasks`` and the cluster flags of a sharded inference."""
+    ap.add_argument(
+        "--submit",
+        choices=CLUSTERS,
+        help="run as --tasks submitit jobs, one shard each, then merge into --output",
+    )
+    ap.add_argument("--tasks", type=int, default=1, help="with --submit: number of shards")
+    add_cluster_arguments(ap, nodes=False)

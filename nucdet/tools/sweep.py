@@ -510,7 +510,6 @@ def _finish(
 # --executor -> submitit cluster (None: this process runs the runs itself)
 EXECUTORS = {"local": None, "slurm": "slurm", "submitit-local": "local"}
 JOBS_FILE = "sweep_jobs.json"  # run name -> submitit job id of its latest job
-POLL_S = {"slurm": 30.0, "local": 1.0}  # seconds between job-state checks
 
 
 class RunJob:
@@ -563,7 +562,7 @@ def submit_sweep(
     at most ``cluster.max_parallel`` at once; the table is rewritten as each job ends. A
     restarted sweep waits for the jobs of its earlier start that are still on the cluster
     instead of submitting the same runs twice."""
-    from nucdet.engine.cluster import make_executor, run_in_waves
+    from nucdet.engine.cluster import POLL_S, make_executor, run_in_waves
 
     if cluster.nodes != 1:
         raise ValueError(

@@ -5,11 +5,12 @@ shard folders that do not cover the inputs exactly once are errors naming the im
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
-from conftest import tiny_cfg
+from conftest import REPO, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -66,26 +67,34 @@ def run_infer(model_dir, images, out, *extra):
     )
 
 
-def test_merged_shards_are_the_unsharded_submission(model_dir, images, tmp_path, registered):
+def test_merged_shards_are_the_unsharded_submission(
+    model_dir, images, tmp_path, registered, monkeypatch
+):
+    """Two shard jobs (``infer.py --submit local --tasks 2``: submitit's local executor,
+    each job ``--shard i/2``) and their merge, against one unsharded run."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     ids = sorted(p.stem for p in images.glob("*.png"))
     run_infer(model_dir, images, tmp_path / "full")
-    for i in range(2):
-        run_infer(model_dir, images, tmp_path / f"shard{i}", "--shard", f"{i}/2")
-    shard_ids = [
-        [json.loads(ln)["image_id"] for ln in (tmp_path / f"shard{i}" / PARTIAL_NAME).open()
-         if "image_id" in ln]
-        for i in range(2)
-    ]  # fmt: skip
-    assert shard_ids == [[ids[0], ids[2]], [ids[1]]]  # round-robin over the sorted ids
-
-    metrics = merge_shards.main(
-        [str(tmp_path / "shard1"), str(tmp_path / "shard0"), "--output", str(tmp_path / "m")]
+    metrics = infer.main(
+        ["--model-dir", str(model_dir), "--input", str(images), "--output", str(tmp_path / "m")]
+        + ["--overlays", "0", "--submit", "local", "--tasks", "2", "--time", "20"]
     )
+    shards = [tmp_path / "m" / "shards" / f"shard-{i}-of-2" for i in range(2)]
+    shard_ids = [
+        [json.loads(ln)["image_id"] for ln in (d / PARTIAL_NAME).open() if "image_id" in ln]
+        for d in shards
+    ]
+    assert shard_ids == [[ids[0], ids[2]], [ids[1]]]  # round-robin over the sorted ids
     full = (tmp_path / "full" / "submission.csv").read_bytes()
     assert (tmp_path / "m" / "submission.csv").read_bytes() == full
     full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert metrics["images"] == 3 and metrics["instances"] == full_metrics["instances"]
     assert not list((tmp_path / "m").glob("*.tmp*"))  # written through a temp file + rename
+    # The merge on its own (the command after hand-started --shard runs), shards in any order.
+    merge_shards.main([str(shards[1]), str(shards[0]), "--output", str(tmp_path / "m2")])
+    assert (tmp_path / "m2" / "submission.csv").read_bytes() == full
+    shard0, shard1 = shards
 
     def merge_error(*dirs):
         with pytest.raises(ShardError) as e:
@@ -94,28 +103,26 @@ def test_merged_shards_are_the_unsharded_submission(model_dir, images, tmp_path,
         return str(e.value)
 
     # A shard not given: its images are named.
-    msg = merge_error(tmp_path / "shard0")
+    msg = merge_error(shard0)
     assert f"1 image(s) in no shard (shards [1] of 2 are not given): {ids[1]}" in msg
     # The same shard twice.
-    shutil.copytree(tmp_path / "shard0", tmp_path / "copy0")
-    assert "shard 0/2 is given twice" in merge_error(
-        tmp_path / "shard0", tmp_path / "copy0", tmp_path / "shard1"
-    )
+    shutil.copytree(shard0, tmp_path / "copy0")
+    assert "shard 0/2 is given twice" in merge_error(shard0, tmp_path / "copy0", shard1)
     # An image predicted in two shards.
-    extra = (tmp_path / "shard0" / PARTIAL_NAME).read_text().splitlines(keepends=True)[1]
+    extra = (shard0 / PARTIAL_NAME).read_text().splitlines(keepends=True)[1]
     with open(tmp_path / "copy0" / PARTIAL_NAME, "w") as f:  # shard 1 + one of shard 0
-        f.write((tmp_path / "shard1" / PARTIAL_NAME).read_text() + extra)
-    manifest = json.loads((tmp_path / "shard1" / MANIFEST).read_text())
+        f.write((shard1 / PARTIAL_NAME).read_text() + extra)
+    manifest = json.loads((shard1 / MANIFEST).read_text())
     (tmp_path / "copy0" / MANIFEST).write_text(json.dumps(manifest))
-    msg = merge_error(tmp_path / "shard0", tmp_path / "copy0")
+    msg = merge_error(shard0, tmp_path / "copy0")
     assert f"1 image(s) in more than one shard: {ids[0]} (" in msg
-    assert str(tmp_path / "copy0") in msg and str(tmp_path / "shard0") in msg
+    assert str(tmp_path / "copy0") in msg and str(shard0) in msg
     # An unfinished shard (killed: predictions, no manifest).
     (tmp_path / "copy0" / MANIFEST).unlink()
-    assert "has not finished" in merge_error(tmp_path / "shard0", tmp_path / "copy0")
+    assert "has not finished" in merge_error(shard0, tmp_path / "copy0")
     # A shard predicted with other settings.
     run_infer(
         model_dir, images, tmp_path / "other1", "--shard", "1/2", "POSTPROCESS.MIN_AREA", "[5]"
     )
-    msg = merge_error(tmp_path / "shard0", tmp_path / "other1")
+    msg = merge_error(shard0, tmp_path / "other1")
     assert "other settings" in msg and "postprocess" in msg
