@@ -17,7 +17,7 @@ from conftest import REPO, TINY_CLI_OPTS, TINY_CONFIG
 HERE = Path(__file__).resolve().parent
 
 
-def run_dist_train(out: Path, *layout: str) -> None:
+def run_dist_train(out: Path, *layout: str, timeout: float = 300) -> None:
     cmd = [
         sys.executable, str(HERE / "dist_train.py"),
         *layout, "--dist-backend", "gloo",
@@ -31,7 +31,7 @@ def run_dist_train(out: Path, *layout: str) -> None:
         "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -69,9 +69,10 @@ def test_two_machines_through_a_submitit_job(tmp_path):
     each a machine (--machine-rank from the task, --dist-url from the job id)."""
     pytest.importorskip("submitit")
     out = tmp_path / "dist"
-    run_dist_train(out, "--submit", "local", "--nodes", "2", "--num-gpus", "1", "--time", "10")
+    layout = ["--submit", "local", "--nodes", "2", "--num-gpus", "1", "--time", "30"]
+    run_dist_train(out, *layout, timeout=1800)  # job start-up: 3 more interpreters
     check_two_ranks_trained_together(out)
-    (job_dir,) = (out / "submitit").iterdir()
+    (job_dir,) = [d for d in (out / "submitit").iterdir() if d.name != "%j"]  # the job's id
     logs = sorted(p.name for p in job_dir.glob("*_log.out"))
     assert logs == [f"{job_dir.name}_0_log.out", f"{job_dir.name}_1_log.out"]
     task1 = "".join(p.read_text() for p in job_dir.glob(f"{job_dir.name}_1_log.*"))
