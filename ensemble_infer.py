@@ -7,6 +7,9 @@
         --input test/ --output out/ POSTPROCESS.SCORE_THRESH "[0.4, 0.6, 0.2]"
     python ensemble_infer.py --model-dir runA --model-dir runB --weights-per-model 2,1 \\
         --views identity,hflip,vflip --fusion wbf_mask_vote --input images/ --output out/
+    python ensemble_infer.py ... --shard 1/4 --output out/shard-1   # one of 4 shards; then
+                                    # python -m nucdet.tools.merge_shards out/shard-* --output out
+    python ensemble_infer.py ... --submit slurm --tasks 4 --output out/   # jobs + the merge
 
 Models, views, fusion and post-processing come from the YAML (see
 ``nucdet.inference.ensemble``) or from the flags; flags given next to ``--ensemble``

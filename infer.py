@@ -4,6 +4,9 @@
     python infer.py --model-dir output/demo/model --dataset dsb2018_sample_val \\
         --output output/demo/infer [--format kaggle|dsb|coco] [KEY VALUE ...]
     python infer.py --model-dir output/demo/model --input path/to/images --output out/
+    python infer.py ... --shard 0/4 --output out/shard-0    # then: python -m
+                                                            # nucdet.tools.merge_shards
+    python infer.py ... --submit slurm --tasks 4 --output out/   # 4 SLURM jobs + the merge
 
 The model directory is a training OUTPUT_DIR: its config.yaml and model_best.pth (else
 model_final.pth, else the last checkpoint). Outputs: the submission file, ``metrics.json``
