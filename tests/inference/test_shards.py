@@ -67,6 +67,7 @@ def run_infer(model_dir, images, out, *extra):
     )
 
 
+@pytest.mark.slow  # four inference runs, two of them submitit jobs (fresh interpreters)
 def test_merged_shards_are_the_unsharded_submission(
     model_dir, images, tmp_path, registered, monkeypatch
 ):
