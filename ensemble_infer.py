@@ -7,6 +7,9 @@
         --input test/ --output out/ POSTPROCESS.SCORE_THRESH "[0.4, 0.6, 0.2]"
     python ensemble_infer.py --model-dir runA --model-dir runB --weights-per-model 2,1 \\
         --views identity,hflip,vflip --fusion wbf_mask_vote --input images/ --output out/
+    python ensemble_infer.py ... --shard 1/4 --output out/shard-1   # one of 4 shards; then
+                                    # python -m nucdet.tools.merge_shards out/shard-* --output out
+    python ensemble_infer.py ... --submit slurm --tasks 4 --output out/   # jobs + the merge
 
 Models, views, fusion and post-processing come from the YAML (see
 ``nucdet.inference.ensemble``) or from the flags; flags given next to ``--ensemble``
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nucdet.inference.ensemble import EnsembleSpec, ModelSpec, add_io_arguments, run_from_args
+from nucdet.engine.cluster import add_shard_submit_arguments, submit_shards
+from nucdet.inference.cli import add_io_arguments, run_from_args
+from nucdet.inference.ensemble import EnsembleSpec, ModelSpec
 from nucdet.inference.fusion import FUSION_METHODS
 
 
@@ -31,6 +36,7 @@ def parse_args(argv=None):
     ap.add_argument("--weights-per-model", help="comma-separated fusion weights")
     ap.add_argument("--views", help="comma-separated TTA views, e.g. identity,hflip,vflip")
     ap.add_argument("--fusion", choices=sorted(FUSION_METHODS))
+    add_shard_submit_arguments(ap)
     add_io_arguments(ap, default_format=None)
     return ap.parse_args(argv)
 
@@ -61,9 +67,15 @@ def build_spec(args) -> EnsembleSpec:
     return spec
 
 
+def run(args) -> dict:
+    return run_from_args(build_spec(args), args)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    return run_from_args(build_spec(args), args)
+    if args.submit:  # --tasks shard jobs, then the merge: nucdet.engine.cluster
+        return submit_shards(run, args)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@
     python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes
                                                             # (gloo; --dist-backend gloo on
                                                             # a machine with CUDA)
+    python train_net.py --config-file ... --submit slurm --nodes 2 --num-gpus 8 \
+        --partition gpu --time 720 OUTPUT_DIR /shared/run   # one SLURM job, 2 x 8 GPUs,
+                                                            # requeued + resumed on pre-emption
 
 Outputs in OUTPUT_DIR: config.yaml, log.txt, metrics.json, TensorBoard events,
 model_XXXXXXX.pth every SOLVER.CHECKPOINT_PERIOD, model_final.pth, model_best.pth (by

@@ -7,7 +7,8 @@ CPUs: each joins a gloo process group, gets its share of the CPU threads (N proc
 C cores run C // N threads each instead of oversubscribing), and runs ``main``. With
 ``MODEL.DEVICE cpu`` the trainer wraps the model in DDP without device ids.
 
-``argument_parser()`` is detectron2's ``default_argument_parser`` plus ``--dist-backend``;
+``argument_parser()`` is detectron2's ``default_argument_parser`` plus ``--dist-backend``
+and the submitit flags of ``nucdet.engine.cluster`` (``--submit slurm --nodes N``);
 ``--num-gpus N`` means "N processes per machine" on either backend.
 """
 
@@ -34,7 +35,10 @@ BACKENDS = ("auto", "nccl", "gloo")
 
 
 def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """detectron2's argument parser plus ``--dist-backend {auto,nccl,gloo}``."""
+    """detectron2's argument parser plus ``--dist-backend {auto,nccl,gloo}`` and
+    ``--submit`` with its cluster flags."""
+    from nucdet.engine.cluster import add_submit_arguments
+
     parser = default_argument_parser(epilog)
     parser.add_argument(
         "--dist-backend",
@@ -43,6 +47,7 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         help="process-group backend: auto = nccl with CUDA, else gloo (CPU processes; "
         "--num-gpus is then the number of CPU processes per machine)",
     )
+    add_submit_arguments(parser)
     return parser
 
 

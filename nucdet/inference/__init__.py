@@ -9,5 +9,8 @@ parts stay usable without torch/detectron2):
 - ``fusion``: ``fuse(raws, weights, method=...)`` (``wbf_mask_vote``, ``nms``,
   ``mask_nms``);
 - ``postprocess``: thresholds, majority class, overlap removal, hole filling;
-- ``tune``: per-class score thresholds tuned for MaP-IoU, written into a YAML.
+- ``tune``: per-class score thresholds tuned for MaP-IoU, written into a YAML;
+- ``ensemble``: models x views -> one prediction (``EnsemblePredictor``);
+- ``cli``: the shared flags and the job of ``infer.py`` / ``ensemble_infer.py``;
+- ``shards``: ``--shard i/n`` of an image set and the merge into one submission.
 """

@@ -2,7 +2,8 @@
 
 An ``EnsembleSpec`` lists models (a training output directory, or a config + weights,
 each with a fusion weight and an optional routing rule), TTA views, the fusion method
-and post-processing. ``infer.py`` is the same thing with one model and the identity view.
+and post-processing. ``infer.py`` is the same thing with one model and the identity view;
+the command-line side of both (flags, the job, sharding) is ``nucdet.inference.cli``.
 
 YAML form (``configs/ensembles/*.yaml``; paths relative to the working directory)::
 
@@ -31,9 +32,7 @@ the inputs, a key that is neither in an input's metadata nor computable.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -44,20 +43,12 @@ from typing import Any
 import numpy as np
 import yaml
 from detectron2.config import CfgNode
-from detectron2.utils.logger import setup_logger
 
 from nucdet.config import build_cfg
 from nucdet.data.modality import COMPUTED_KEYS
 from nucdet.inference.fusion import FUSION_METHODS, NEEDS_MASK_HEADS, fuse
 from nucdet.inference.masks import raw_to_prediction
-from nucdet.inference.pipeline import (
-    SUBMISSION_NAMES,
-    InputImage,
-    dataset_category_ids,
-    dataset_inputs,
-    folder_inputs,
-    run_inference,
-)
+from nucdet.inference.pipeline import InputImage
 from nucdet.inference.postprocess import postprocess_from_cfg
 from nucdet.inference.predictor import Predictor, find_weights
 from nucdet.inference.tta import build_views, forward_boxes, invert_grids
@@ -394,84 +385,3 @@ def _file_identity(path: str) -> str:
         return str(path)
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def run_ensemble(
-    spec: EnsembleSpec,
-    output: str | os.PathLike,
-    *,
-    dataset: str | None = None,
-    input_dir: str | os.PathLike | None = None,
-    num_overlays: int = 8,
-    overlay_ids: Sequence[str] = (),
-    opts: Sequence[str] = (),
-    force: bool = False,
-    skip_unreadable: bool = False,
-) -> dict:
-    """Register datasets, build the predictor, run the (resumable) inference job.
-
-    ``force`` discards predictions of another run found in ``output``;
-    ``skip_unreadable`` leaves unreadable images out (see ``run_inference``)."""
-    from nucdet.data.register import register_all
-
-    if (dataset is None) == (input_dir is None):
-        raise ValueError("give exactly one of a dataset name or an input folder")
-    predictor = EnsemblePredictor(spec, opts)
-    register_all(predictor.cfg)
-    inputs = dataset_inputs(dataset) if dataset else folder_inputs(input_dir)
-    predictor.check_routes(inputs)
-    return run_inference(
-        inputs,
-        predictor,
-        output,
-        fmt=spec.format,
-        num_overlays=num_overlays,
-        overlay_ids=overlay_ids,
-        category_ids=dataset_category_ids(dataset) if dataset else None,
-        run_key=predictor.run_key(),
-        force=force,
-        skip_unreadable=skip_unreadable,
-    )
-
-
-def add_io_arguments(ap: argparse.ArgumentParser, default_format: str | None = "kaggle") -> None:
-    """The input / output flags shared by infer.py and ensemble_infer.py."""
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="folder of images (or DSB <id>/images/ layout)")
-    src.add_argument("--dataset", help="registered dataset name")
-    ap.add_argument("--output", required=True, help="output folder")
-    ap.add_argument("--format", default=default_format, choices=sorted(SUBMISSION_NAMES))
-    ap.add_argument("--overlays", type=int, default=8, help="overlay PNGs for the first N images")
-    ap.add_argument("--overlay-ids", default="", help="comma-separated image ids to overlay")
-    ap.add_argument(
-        "--force",
-        action="store_true",
-        help="discard predictions of another run found in --output (default: error)",
-    )
-    ap.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="leave unreadable images out (listed in metrics.json) instead of stopping",
-    )
-    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-
-
-def run_from_args(spec: EnsembleSpec, args: argparse.Namespace) -> dict:
-    """Run the job described by ``spec`` and the shared flags; log the summary."""
-    setup_logger(name="nucdet")
-    metrics = run_ensemble(
-        spec,
-        args.output,
-        dataset=args.dataset,
-        input_dir=args.input,
-        num_overlays=args.overlays,
-        overlay_ids=[i for i in args.overlay_ids.split(",") if i],
-        opts=args.opts,
-        force=args.force,
-        skip_unreadable=args.skip_unreadable,
-    )
-    summary = {k: v for k, v in metrics.items() if k != "per_image"}
-    if "skipped_unreadable" in summary:  # the files in the summary line, details above
-        summary["skipped_unreadable"] = [s["file"] for s in summary["skipped_unreadable"]]
-    logging.getLogger("nucdet").info("results: %s", json.dumps(summary))
-    return metrics

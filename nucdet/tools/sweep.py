@@ -6,6 +6,8 @@
         [--train-args "--num-gpus 2"] [SOLVER.MAX_ITER 300 ...]
     python -m nucdet.tools.sweep --runs benchmarks/sweeps/sample_roi_rot90.yaml --output DIR
     python -m nucdet.tools.sweep merge DIR1 DIR2 ... --output DIR     # merge shard tables
+    python -m nucdet.tools.sweep ... --executor slurm --partition gpu --gpus-per-node 1 \
+        --time 240 [--account A] [--max-parallel 8]      # one SLURM job per run
 
 Runs are the cartesian product of the ``--grid`` values, crossed with the named runs of a
 ``--runs`` YAML when one is given (a YAML may also hold ``config_file``, ``opts`` and
@@ -28,8 +30,19 @@ status, overrides, iterations, wall time, attempts, then the final metrics (MaP-
 COCO AP/AP50/AP75 per task first, per-class metrics after) and the best value of
 ``SOLVER.BEST_CHECKPOINT.METRIC``. ``merge`` concatenates shard tables (by run index).
 
+Executors (``--executor``): ``local`` (default) runs the runs one after the other in this
+process. ``slurm`` submits each run as one submitit job (``nucdet.engine.cluster``: partition,
+account, GPUs per node, CPUs, memory, time limit from the flags or a ``cluster:`` section of
+the ``--runs`` YAML), waits, logs each run as its job finishes and writes the table from
+what finished, as the local runner does. A job that is pre-empted or reaches its time limit
+is requeued by submitit and resumes from its last checkpoint (``--resume``), counted as a
+new attempt. ``submitit-local`` is the same job path run by submitit's local executor
+(subprocesses of this machine), to try a sweep's cluster set-up before submitting it.
+Each job's submitit files and logs are in ``DIR/submitit/<job id>/``. A sweep run is one
+machine; a multi-node training is ``train_net.py --submit slurm --nodes N``.
+
 The sweep runs training as subprocesses, so it imports neither torch nor detectron2 itself
-(except in ``evaluate``).
+(except in ``evaluate``), nor submitit unless an executor needs it.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +67,8 @@ from typing import Any
 
 import yaml
 
+from nucdet.engine.cluster import ClusterSettings, add_cluster_arguments, settings_from_args
+from nucdet.inference.shards import parse_shard
 from nucdet.io.atomic import atomic_write_json
 from nucdet.tools.report import (
     metric_columns,
@@ -175,12 +191,14 @@ def load_runs_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with config_file/opts/grid/runs")
-    unknown = set(data) - {"config_file", "opts", "grid", "runs", "description"}
+    unknown = set(data) - {"config_file", "opts", "grid", "runs", "description", "cluster"}
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
     for section in ("opts", "grid"):
         if not isinstance(data.get(section) or {}, dict):
             raise ValueError(f"{path}: '{section}' must be a mapping of config keys")
+    if not isinstance(data.get("cluster") or {}, dict):
+        raise ValueError(f"{path}: 'cluster' must be a mapping (see nucdet.engine.cluster)")
     for key, values in (data.get("grid") or {}).items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{path}: grid key {key} needs a non-empty list of values")
@@ -228,14 +246,6 @@ def build_runs(
             seen[name] = run
             runs.append(run)
     return runs
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``i/n`` -> (i, n) with 0 <= i < n."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard expects i/n with 0 <= i < n, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def select_shard(runs: Sequence[Run], shard: tuple[int, int] | None) -> list[Run]:
@@ -357,6 +367,15 @@ def _row(run: Run, done: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _where() -> dict[str, Any]:
+    """Host, process id and (inside a submitit job) job id of the running attempt."""
+    where = {"host": socket.gethostname(), "pid": os.getpid()}
+    job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job_id and os.environ.get("SUBMITIT_EXECUTOR"):
+        where["job_id"] = job_id
+    return where
+
+
 def run_one(run: Run, s: SweepSettings) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns its DONE record. Skips finished runs."""
     run_dir = s.run_dir(run)
@@ -378,7 +397,7 @@ def run_one(run: Run, s: SweepSettings) -> dict[str, Any]:
         attempts[-1]["killed"] = True
     resume = can_resume(run_dir)
     cmd = train_command(run, s, resume)
-    attempts.append({"start": time.time(), "end": None, "resume": resume})
+    attempts.append({"start": time.time(), "end": None, "resume": resume, **_where()})
     atomic_write_json(run_dir / SPEC_FILE, {"spec": spec, "attempts": attempts}, indent=1)
     logger.info("run %d %s: %s", run.index, run.name, "resuming" if resume else "training")
     rc = _run_subprocess(cmd, run_dir / LOG_FILE)
@@ -463,13 +482,23 @@ def run_sweep(
             # the others: it is reported in the table and in the final error.
             logger.error("run %d %s failed: %s", run.index, run.name, e)
             failures.append(run.name)
-            rows[run.index] = {
-                "index": run.index,
-                "name": run.name,
-                "status": "failed",
-                "overrides": run.overrides_text,
-            }
+            rows[run.index] = _failed_row(run)
         write_results([rows[i] for i in sorted(rows)], stem, title)
+    return _finish(rows, failures, stem, title)
+
+
+def _failed_row(run: Run) -> dict[str, Any]:
+    return {
+        "index": run.index,
+        "name": run.name,
+        "status": "failed",
+        "overrides": run.overrides_text,
+    }
+
+
+def _finish(
+    rows: dict[int, dict[str, Any]], failures: Sequence[str], stem: Path, title: str
+) -> list[dict[str, Any]]:
     write_results([rows[i] for i in sorted(rows)], stem, title)
     if failures:
         raise RuntimeError(
@@ -477,6 +506,122 @@ def run_sweep(
             f"(see {LOG_FILE} in their run dirs); re-run the sweep to retry them"
         )
     return [rows[i] for i in sorted(rows)]
+
+
+# ---- one job per run (submitit) ----------------------------------------------------------------
+
+# --executor -> submitit cluster (None: this process runs the runs itself)
+EXECUTORS = {"local": None, "slurm": "slurm", "submitit-local": "local"}
+JOBS_FILE = "sweep_jobs.json"  # run name -> submitit job id of its latest job
+
+
+class RunJob:
+    """One sweep run as a submitit job. ``checkpoint`` (called by submitit when the job is
+    pre-empted or reaches its time limit) hands back the same job: the requeued job's
+    ``run_one`` records the interrupted attempt and resumes from the run's last checkpoint."""
+
+    def __init__(self, run: Run, settings: SweepSettings):
+        self.run = run
+        self.settings = settings
+
+    def __call__(self) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, format="[sweep job %(asctime)s] %(message)s")
+        return run_one(self.run, self.settings)
+
+    def checkpoint(self) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RunJob(self.run, self.settings))
+
+
+def _still_running(cluster: ClusterSettings, folder: Path, job_id: str) -> Any | None:
+    """The earlier job ``job_id`` of a run when it is still queued or running: a SLURM job to
+    wait for; a live local job is an error (its process cannot be re-attached)."""
+    if cluster.cluster == "slurm":
+        import submitit
+
+        job = submitit.SlurmJob(folder=folder / "%j", job_id=job_id)
+        return None if job.done() else job
+    try:
+        os.kill(int(job_id), 0)  # the local executor's job id is its controller's pid
+    except (ProcessLookupError, ValueError):
+        return None
+    except PermissionError:
+        pass
+    raise RuntimeError(
+        f"local job {job_id} of this sweep is still running (process {job_id}); wait for it "
+        "to end or stop it before restarting the sweep"
+    )
+
+
+def submit_sweep(
+    runs: Sequence[Run],
+    s: SweepSettings,
+    cluster: ClusterSettings,
+    shard: tuple[int, int] | None = None,
+    title: str = "",
+) -> list[dict[str, Any]]:
+    """``run_sweep`` with one submitit job per unfinished run (``cluster``: where and how),
+    at most ``cluster.max_parallel`` at once; the table is rewritten as each job ends. A
+    restarted sweep waits for the jobs of its earlier start that are still on the cluster
+    instead of submitting the same runs twice."""
+    from nucdet.engine.cluster import POLL_S, make_executor, run_in_waves
+
+    if cluster.nodes != 1:
+        raise ValueError(
+            "a sweep run is one machine (--nodes 1); train one model on several machines with "
+            "train_net.py --submit slurm --nodes N"
+        )
+    mine = select_shard(runs, shard)
+    stem = table_stem(s.output, shard)
+    folder = s.output / "submitit"
+    rows: dict[int, dict[str, Any]] = {
+        r.index: _row(r, json.loads((s.run_dir(r) / DONE_FILE).read_text()))
+        for r in mine
+        if is_done(s.run_dir(r))
+    }
+    todo = [r for r in mine if r.index not in rows]
+    jobs_path = s.output / JOBS_FILE
+    job_ids: dict[str, str] = json.loads(jobs_path.read_text()) if jobs_path.is_file() else {}
+    earlier = {
+        r.name: _still_running(cluster, folder, job_ids[r.name]) for r in todo if r.name in job_ids
+    }
+    executor = make_executor(cluster, folder, "nucdet-sweep") if todo else None
+    failures: list[str] = []
+    finished = [0]
+
+    def submit(run: Run) -> Any:
+        job = earlier.get(run.name)
+        if job is not None:
+            logger.info(
+                "run %d %s: waiting for its running job %s", run.index, run.name, job.job_id
+            )
+            return job
+        job = executor.submit(RunJob(run, s))
+        job_ids[run.name] = str(job.job_id)
+        atomic_write_json(jobs_path, job_ids, indent=1)
+        logger.info("run %d %s: submitted job %s", run.index, run.name, job.job_id)
+        return job
+
+    def on_done(run: Run, done: dict[str, Any] | None, error: BaseException | None) -> None:
+        finished[0] += 1
+        where = f"[{finished[0]}/{len(todo)} jobs finished] run {run.index} {run.name}"
+        if error is None and not isinstance(done, dict):
+            error = RuntimeError(f"job returned {done!r} instead of the run's record")
+        if error is not None:
+            logger.error("%s failed (job %s): %s", where, job_ids.get(run.name), error)
+            failures.append(run.name)
+            rows[run.index] = _failed_row(run)
+        else:
+            logger.info("%s: done, %s attempt(s)", where, done.get("attempts"))
+            rows[run.index] = _row(run, done)
+        write_results([rows[i] for i in sorted(rows)], stem, title)
+
+    for run in mine:
+        if run.index in rows:
+            logger.info("run %d %s: finished before, skipped", run.index, run.name)
+    run_in_waves(todo, submit, on_done, cluster.max_parallel, POLL_S[cluster.cluster])
+    return _finish(rows, failures, stem, title)
 
 
 def merge_tables(dirs: Sequence[str | os.PathLike], output: str | os.PathLike) -> Path:
@@ -592,6 +737,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--train-script", help=f"script to run instead of python -m {TRAIN_MODULE} (train_net.py)"
     )
+    ap.add_argument(
+        "--executor",
+        choices=sorted(EXECUTORS),
+        default="local",
+        help="local: runs one after the other here (default); slurm: one submitit job per "
+        "run; submitit-local: the slurm job path as subprocesses of this machine",
+    )
+    add_cluster_arguments(ap)
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     return ap.parse_args(argv)
 
@@ -609,7 +762,9 @@ def _merge_main(argv: Sequence[str]) -> Path:
     return path
 
 
-def _sweep_from_args(args: argparse.Namespace) -> tuple[list[Run], SweepSettings, str]:
+def _sweep_from_args(
+    args: argparse.Namespace,
+) -> tuple[list[Run], SweepSettings, str, ClusterSettings | None]:
     spec = load_runs_yaml(args.runs) if args.runs else {}
     config_file = args.config_file or spec.get("config_file")
     grid = {k: [opt_value(v) for v in vals] for k, vals in (spec.get("grid") or {}).items()}
@@ -627,7 +782,9 @@ def _sweep_from_args(args: argparse.Namespace) -> tuple[list[Run], SweepSettings
         python=args.python,
         train_script=args.train_script,
     )
-    return runs, settings, str(spec.get("description") or "")
+    cluster = EXECUTORS[args.executor]
+    cluster_settings = settings_from_args(args, cluster, spec.get("cluster")) if cluster else None
+    return runs, settings, str(spec.get("description") or ""), cluster_settings
 
 
 def dry_run_text(runs: Sequence[Run], s: SweepSettings, shard: tuple[int, int] | None) -> str:
@@ -654,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         return evaluate_run_dir(argv[1])
     args = parse_args(argv)
     shard = parse_shard(args.shard) if args.shard else None
-    runs, settings, title = _sweep_from_args(args)
+    runs, settings, title, cluster = _sweep_from_args(args)
     if args.dry_run:
         text = dry_run_text(runs, settings, shard)
         sys.stdout.write(text + "\n")
@@ -663,7 +820,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     # stopped too and the run resumes from its checkpoint next time.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings.output.mkdir(parents=True, exist_ok=True)
-    rows = run_sweep(runs, settings, shard, title=title)
+    if cluster is None:
+        rows = run_sweep(runs, settings, shard, title=title)
+    else:
+        rows = submit_sweep(runs, settings, cluster, shard, title=title)
     stem = table_stem(settings.output, shard)
     logger.info("table: %s.csv / .md (%d rows)", stem, len(rows))
     return rows

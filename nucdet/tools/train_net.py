@@ -82,8 +82,13 @@ def cli(argv: Sequence[str] | None = None) -> None:
     program being how it was started (``train_net.py``, ``nucdet-train``)."""
     args = parse_args(None if argv is None else list(argv))
     try:
-        validate(args)
-        launch_from_args(main, args)
+        validate(args)  # in this process, before any worker is spawned or job submitted
+        if args.submit:  # one submitit job (SLURM): nucdet.engine.cluster
+            from nucdet.engine.cluster import submit_training
+
+            submit_training(main, args)
+        else:
+            launch_from_args(main, args)
     except INPUT_ERRORS as e:
         sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
 

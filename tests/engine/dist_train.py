@@ -4,7 +4,8 @@ with every rank saving its model state before and after training.
     python tests/engine/dist_train.py --num-gpus 2 --dist-backend gloo --config-file X \
         OUTPUT_DIR out ...
 
-writes ``OUTPUT_DIR/rank{r}.pth`` = {"world_size", "rank", "init", "final"} (state dicts).
+(or with ``--submit local --nodes 2 --num-gpus 1``: the same through a submitit job) writes
+``OUTPUT_DIR/rank{r}.pth`` = {"world_size", "rank", "init", "final"} (state dicts).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from detectron2.engine import hooks  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 import train_net  # noqa: E402
+from nucdet.engine.cluster import submit_training  # noqa: E402
 from nucdet.engine.launch import argument_parser, launch_from_args  # noqa: E402
 from nucdet.engine.trainer import Trainer  # noqa: E402
 
@@ -43,4 +45,8 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    launch_from_args(main, argument_parser().parse_args())
+    args = argument_parser().parse_args()
+    if args.submit:  # the path of train_net.py --submit
+        submit_training(main, args)
+    else:
+        launch_from_args(main, args)
