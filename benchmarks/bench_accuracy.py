@@ -27,7 +27,10 @@ was picked on a subset of this same fold and would flatter it):
   and vertical flip views, ``wbf_mask_vote`` fusion;
 - ``second``: ``infer.py`` with the second model alone (so the ensemble has a reference);
 - ``ensemble``: ``ensemble_infer.py``, both models, identity view, ``wbf_mask_vote``;
-- ``ensemble+flipTTA``: both models x the three views.
+- ``ensemble+flipTTA``: both models x the three views;
+- ``recipe+flipTTA+rerun``: the members of ``recipe+flipTTA`` fused by ``wbf_mask_rerun``
+  (fused boxes, then the model's mask head re-run on them in every view, probabilities
+  averaged), with ``recipe+flipTTA``'s post-processing (``OTHER_FUSION``).
 
 Every model method writes a DSB submission (``ImageId,EncodedPixels``) under ``--work``;
 this script runs the command only when the submission is missing (``--force`` redoes it),
@@ -85,12 +88,21 @@ METHOD_MEMBERS: dict[str, list[tuple[int, str]]] = {
     "second": [(1, "identity")],
     "ensemble": [(0, "identity"), (1, "identity")],
     "ensemble+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
+    # the same members as recipe+flipTTA, fused by re-running the mask head on the fused boxes
+    "recipe+flipTTA+rerun": [(0, v) for v in FLIP_VIEWS.split(",")],
+}
+# methods fused otherwise than FUSION["method"]; --sweep-methods cannot re-run mask heads on
+# stored detections, so each takes the post-processing chosen for the method named here
+OTHER_FUSION: dict[str, tuple[str, str]] = {
+    "recipe+flipTTA+rerun": ("wbf_mask_rerun", "recipe+flipTTA"),
 }
 
 
-def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
+def ensemble_yaml(
+    path: Path, model_dirs: list[Path], views: str, fusion_method: str | None = None
+) -> Path:
     """An ensemble spec (equal weights, each model's ``model_final.pth``) for
-    ``ensemble_infer.py --ensemble``."""
+    ``ensemble_infer.py --ensemble``; ``fusion_method`` replaces ``FUSION["method"]``."""
     spec = {
         "models": [
             {
@@ -102,7 +114,7 @@ def ensemble_yaml(path: Path, model_dirs: list[Path], views: str) -> Path:
             for i, d in enumerate(model_dirs)
         ],
         "views": views.split(","),
-        "fusion": dict(FUSION),
+        "fusion": {**FUSION, **({"method": fusion_method} if fusion_method else {})},
         "format": "dsb",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,10 +147,11 @@ def method_commands(
                 str(work / out), "--format", "dsb", "--overlays", "0", *extra]  # fmt: skip
 
     def ensemble(models: list[Path], views: list[str], out: str, name: str) -> list[str]:
-        spec = ensemble_yaml(work / f"{out}.yaml", models, ",".join(views))
+        method, settings_of = OTHER_FUSION.get(name, (None, name))
+        spec = ensemble_yaml(work / f"{out}.yaml", models, ",".join(views), method)
         return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
                 "--output", str(work / out), "--format", "dsb", "--overlays", "0",
-                *opts, *per_method.get(name, [])]  # fmt: skip
+                *opts, *per_method.get(settings_of, [])]  # fmt: skip
 
     models = [first] if second is None else [first, second]
     cmds = {
@@ -315,7 +328,11 @@ def sweep_methods(
     from nucdet.inference.tta import build_views
 
     gt, groups = _sample_gt(dataset, n_images)
-    methods = {k: v for k, v in METHOD_MEMBERS.items() if max(m for m, _ in v) < len(model_dirs)}
+    methods = {
+        k: v
+        for k, v in METHOD_MEMBERS.items()
+        if max(m for m, _ in v) < len(model_dirs) and k not in OTHER_FUSION
+    }
     predictors = [
         Predictor(build_cfg(str(d / "config.yaml"),
                             ["MODEL.WEIGHTS", str(d / "model_final.pth"), *opts]))

@@ -122,9 +122,9 @@ def test_benchmarks_import_no_tests_and_patch_no_sys_path():
 @pytest.mark.parametrize(
     "victim, planted, expected",
     [
-        ("nucdet/io/rle.py", "from nucdet.inference import fusion", "nucdet.inference.fusion"),
-        ("nucdet/data/folds.py", "import nucdet.evaluation.mapiou", "nucdet.evaluation.mapiou"),
-        ("nucdet/evaluation/mapiou.py", "from ..engine import hooks", "nucdet.engine.hooks"),
+        ("nucdet/io/rle.py", "from nucdet.inference import fusion", "-> nucdet.inference"),
+        ("nucdet/data/folds.py", "import nucdet.evaluation.mapiou", "-> nucdet.evaluation.mapiou"),
+        ("nucdet/evaluation/mapiou.py", "from ..engine import hooks", "-> nucdet.engine"),
     ],
 )
 def test_checker_finds_a_planted_upward_import(tmp_path, victim, planted, expected):

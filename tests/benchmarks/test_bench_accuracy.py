@@ -72,3 +72,23 @@ def test_committed_differences_are_reproduced_from_their_per_image_scores(name):
             assert paired_difference(r["per_image"], base) == r["vs_watershed"], method
             checked += 1
     assert checked >= 1
+
+
+def test_rerun_method_fuses_by_mask_head_rerun_with_the_flip_tta_settings(tmp_path):
+    import yaml
+    from bench_accuracy import method_commands
+
+    flip = ["POSTPROCESS.MASK_THRESH", "0.5", "POSTPROCESS.SCORE_THRESH", "[0.93]",
+            "POSTPROCESS.MIN_AREA", "[15]"]  # fmt: skip
+    cmds = method_commands("ds", tmp_path, tmp_path / "m0", None, ["INPUT.MIN_SIZE_TEST", "576"],
+                           {"recipe+flipTTA": flip})  # fmt: skip
+    rerun, vote = cmds["recipe+flipTTA+rerun"], cmds["recipe+flipTTA"]
+    assert rerun[-8:] == vote[-8:] == ["INPUT.MIN_SIZE_TEST", "576", *flip]
+    spec = yaml.safe_load((tmp_path / "recipe_fliptta_rerun.yaml").read_text())
+    voted = yaml.safe_load((tmp_path / "recipe_fliptta.yaml").read_text())
+    assert spec["fusion"]["method"] == "wbf_mask_rerun"
+    assert voted["fusion"]["method"] == "wbf_mask_vote"
+    assert spec["views"] == voted["views"] == ["identity", "hflip", "vflip"]
+    assert {k: v for k, v in spec["fusion"].items() if k != "method"} == {
+        k: v for k, v in voted["fusion"].items() if k != "method"
+    }
