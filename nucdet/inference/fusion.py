@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nucdet.inference.fusion_semantic import fuse_unet_fg_reweight
 from nucdet.inference.masks import (
     CropMasks,
     fuse_grids,
@@ -797,6 +798,7 @@ FUSION_METHODS: dict[str, Callable[..., FusionResult]] = {
     "wbf_mask_rerun": fuse_mask_rerun,
     "nms": fuse_nms,
     "mask_nms": fuse_mask_nms,
+    "unet_fg_reweight": fuse_unet_fg_reweight,  # nucdet.inference.fusion_semantic
 }
 
 
