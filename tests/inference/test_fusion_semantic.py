@@ -33,7 +33,7 @@ def test_foreground_map_by_hand():
     f = foreground_map([unet()], [1.0])
     expected = np.zeros((H, W), np.float32)
     expected[10:30, 10:20] = 1.0
-    np.testing.assert_array_equal(f, expected)
+    np.testing.assert_allclose(f, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(("mode", "alpha"), [("avg", 0.5), ("mul", 1.0), ("mul", 0.5)])

@@ -50,7 +50,9 @@ def test_touching_discs_by_hand():
     assert t.boundary[10, 5] == 1 and t.boundary[10, 25] == 1 and t.boundary[5, 10] == 1
     np.testing.assert_allclose(t.distance, dist, rtol=1e-6)
     assert t.distance[10, 10] == 1.0 and t.distance[10, 20] == 1.0  # centres
-    assert t.distance[10, 5] == pytest.approx(1 / 6)  # rim: 1 px in, centre 6 px from outside
+    # rim pixel (10, 5): 1 px from the outside; the centre's nearest outside pixel is
+    # (15, 11), sqrt(5**2 + 1**2) away
+    assert t.distance[10, 5] == pytest.approx(1 / np.sqrt(26))
     assert t.classes[10, 10] == 0 and t.classes[10, 20] == 2 and t.classes[0, 0] == -1
 
 
