@@ -32,6 +32,12 @@ nucdet's environment and drives Cellpose through its own command line
    overall and per modality, and writes ``cellpose_metrics.json`` (settings, versions,
    times, scores) and ``predictions.jsonl`` / ``submission.csv`` (nucdet's writer).
 
+Every optimiser setting is passed explicitly (``--SGD 0``: AdamW, ``--learning_rate``,
+``--weight_decay``, ``--batch_size``): Cellpose's command-line defaults changed between
+releases (2.x: SGD at 0.2). NOT YET RUN against an installed Cellpose (the development
+machine had no CPU to spare): check the flags with ``python -m cellpose --help`` of the
+installed 3.x first, and run ``--limit 2 --epochs 1`` before the 60-minute run.
+
 The torch thread count of every Cellpose process is ``--threads`` (the 2-core budget).
 Cellpose 4.x ("Cellpose-SAM") replaces the small U-Net with a ViT-L encoder meant to be
 fine-tuned from its pretrained weights on a GPU; training it from scratch on 2 CPU cores
@@ -117,7 +123,7 @@ def train_command(
         "--pretrained_model", "None", "--chan", "0", "--chan2", "0",
         "--diam_mean", str(DIAM_MEAN), "--n_epochs", str(epochs),
         "--learning_rate", str(args.learning_rate), "--weight_decay", str(args.weight_decay),
-        "--batch_size", str(args.batch_size), "--min_train_masks", "1",
+        "--batch_size", str(args.batch_size), "--SGD", "0", "--min_train_masks", "1",
         "--mask_filter", "_masks", "--model_name_out", name, "--verbose",
     ]  # fmt: skip
 
