@@ -140,6 +140,32 @@ def add_nucdet_config(cfg: CN) -> CN:
     _C.POSTPROCESS.FILL_HOLES = False  # fill holes inside each mask
     _C.POSTPROCESS.MIN_FRAGMENT = 0  # drop connected pieces smaller than this (0 = keep all)
     _C.POSTPROCESS.SKIP_MASKS_BELOW_THRESH = True  # no mask head below min(SCORE_THRESH): faster
+
+    # ---- U-Net family (nucdet.modeling.unet, MODEL.META_ARCHITECTURE "NucleiUNet") ------
+    # Classes: MODEL.ROI_HEADS.NUM_CLASSES (one home for both families); ResNet encoder:
+    # MODEL.RESNETS.* and MODEL.BACKBONE.FREEZE_AT, as for Mask R-CNN.
+    _C.MODEL.UNET = CN()
+    _C.MODEL.UNET.ENCODER = "plain"  # "plain" (from scratch) or "resnet" (build_resnet_backbone)
+    # Encoder widths: plain, one per level at strides 1, 2, 4, ...; resnet, its two plain
+    # levels at strides 1 and 2 (the ResNet's RESNETS.OUT_FEATURES follow from stride 4).
+    _C.MODEL.UNET.CHANNELS = [32, 64, 128, 256]
+    # Decoder widths, one per encoder level but the deepest, shallowest (stride 1) first.
+    _C.MODEL.UNET.DECODER_CHANNELS = [32, 64, 128]
+    _C.MODEL.UNET.NORM = "GN"  # norm of the plain levels and the decoder: "GN", "BN" or ""
+    _C.MODEL.UNET.BOUNDARY_WIDTH = 2.0  # boundary target: instance pixels this close to outside
+    _C.MODEL.UNET.FG_LOSS_WEIGHT = 1.0  # weight of the foreground cross-entropy
+    _C.MODEL.UNET.BOUNDARY_LOSS_WEIGHT = 1.0  # weight of the boundary cross-entropy
+    _C.MODEL.UNET.DISTANCE_LOSS_WEIGHT = 1.0  # weight of the normalised-distance squared error
+    _C.MODEL.UNET.CLASS_LOSS_WEIGHT = 1.0  # weight of the class cross-entropy (> 1 class)
+    _C.MODEL.UNET.DECODE = CN()  # watershed decoding (nucdet.modeling.unet_decode)
+    _C.MODEL.UNET.DECODE.FG_THRESH = 0.5  # instance pixels: foreground probability >= this
+    _C.MODEL.UNET.DECODE.BOUNDARY_THRESH = 0.5  # marker pixels: boundary probability < this
+    _C.MODEL.UNET.DECODE.MARKER_THRESH = 0.3  # marker pixels: distance prediction >= this
+    _C.MODEL.UNET.DECODE.MIN_MARKER_AREA = 4  # markers smaller than this (pixels) are dropped
+    _C.MODEL.UNET.DECODE.MIN_AREA = 0  # instances smaller than this (pixels) are dropped
+    # Side M of the box-relative mask grid of every instance (exact for boxes up to M / 2
+    # px); 28 = Mask R-CNN's grid, which fusion with Mask R-CNN members needs.
+    _C.MODEL.UNET.DECODE.MASK_GRID = 28
     return cfg
 
 

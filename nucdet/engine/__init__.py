@@ -8,3 +8,7 @@ resolved by ``nucdet.config``).
 - ``freeze``: ``SOLVER.FREEZE_PATTERNS``; ``launch``: multi-process on GPUs (NCCL) or CPUs
   (gloo), and the argument parser (``pop_flags``).
 """
+
+# Every entry point imports nucdet.engine: register nucdet's meta architectures
+# (NucleiUNet) in detectron2's META_ARCH_REGISTRY before any build_model.
+import nucdet.modeling  # noqa: E402, F401

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nucdet.inference.fusion_semantic import fuse_unet_fg_reweight
 from nucdet.inference.masks import CropMasks, fuse_grids, paste_extent, paste_grids
 from nucdet.inference.wbf import WBFClusters, input_names, wbf_clusters
 from nucdet.structures import ImagePrediction, RawDetections
@@ -435,6 +436,7 @@ FUSION_METHODS: dict[str, Callable[..., FusionResult]] = {
     "wbf_mask_rerun": fuse_mask_rerun,
     "nms": fuse_nms,
     "mask_nms": fuse_mask_nms,
+    "unet_fg_reweight": fuse_unet_fg_reweight,  # nucdet.inference.fusion_semantic
 }
 
 

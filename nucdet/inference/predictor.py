@@ -51,6 +51,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
+import nucdet.modeling  # noqa: F401  (registers NucleiUNet for build_model)
 from nucdet.config import CPU_BF16_FLAGS, read_cpuinfo, resolve_precision
 from nucdet.inference.masks import CropMasks, paste_extent, paste_grids, raw_to_prediction
 from nucdet.io.checkpoint import CheckedCheckpointer
@@ -205,12 +206,17 @@ class Predictor:
     ) -> tuple[Instances, np.ndarray]:
         m = self.model
         if not self._can_split:
-            if keep is not None:
+            if keep is not None and not hasattr(m, "box_grids"):
                 raise ValueError(
                     f"{type(m).__name__}: re-running the mask head needs detectron2's R-CNN "
-                    "layout (GeneralizedRCNN with StandardROIHeads)"
+                    "layout (GeneralizedRCNN with StandardROIHeads) or a NucleiUNet"
                 )
-            inst = m.inference(inputs, do_postprocess=False)[0]
+            if keep is None:
+                inst = m.inference(inputs, do_postprocess=False)[0]
+            else:  # NucleiUNet: its probability maps stand in for the backbone features
+                maps: list = []
+                inst = m.inference(inputs, do_postprocess=False, maps_out=maps)[0]
+                keep["maps"] = maps[0]
             return inst, np.ones(len(inst), bool)
         # GeneralizedRCNN.inference + StandardROIHeads.forward (eval), with the mask head
         # (forward_with_given_boxes) given only the detections at or above the floor, in
@@ -283,6 +289,8 @@ class Predictor:
         """``raw`` (every mask computed) plus the model's mask head on this image:
         ``head(boxes, classes)`` gives the (N, M, M) mask probabilities of any xyxy boxes in
         ``image_bgr``'s frame, for classes ``classes`` (mask-head re-run fusion)."""
+        if hasattr(self.model, "box_grids"):  # NucleiUNet: its foreground in any box
+            return self._raw_with_box_grids(image_bgr, scale)
         if not self.model.roi_heads.mask_on:
             raise ValueError("the model has no mask head to re-run")
         keep: dict = {}
@@ -307,6 +315,23 @@ class Predictor:
                     masks = m.roi_heads.forward_with_given_boxes(features, [inst])[0].pred_masks
                 out.append(masks[:, 0].float().cpu().numpy())
             return np.concatenate(out)
+
+        return raw, head
+
+    def _raw_with_box_grids(
+        self, image_bgr: np.ndarray, scale: float
+    ) -> tuple[RawDetections, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+        """``raw_with_mask_head`` of a NucleiUNet: the "mask head" samples its foreground
+        probability map on the grid of any boxes (classes are ignored)."""
+        keep: dict = {}
+        raw = self._raw(image_bgr, float("-inf"), scale, keep)
+        maps, (rh, rw) = keep["maps"], keep["size"]
+        h, w = raw.height, raw.width
+
+        def head(boxes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            net = boxes * np.array([rw / w, rh / h, rw / w, rh / h], np.float32)
+            return self.model.box_grids(maps, net)
 
         return raw, head
 

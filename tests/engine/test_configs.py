@@ -28,13 +28,21 @@ def test_config_builds_on_cpu(path):
     assert cfg.INPUT.MASK_FORMAT == "bitmask"
     assert cfg.TEST.DETECTIONS_PER_IMAGE >= 500
     assert min(s[0] for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES) <= 8
+    unet = cfg.MODEL.META_ARCHITECTURE == "NucleiUNet"
+    if unet:  # the U-Net family's name says it, and its ResNet encoder's weights load
+        assert path.name.startswith("unet_")
+        assert (cfg.MODEL.UNET.ENCODER == "resnet") == ("_R_" in path.name)
     if not cfg.MODEL.WEIGHTS and not path.name.startswith("Base-"):
         # from scratch: FrozenBN diverges, so no frozen norm
-        assert cfg.MODEL.RESNETS.NORM in ("BN", "GN", "SyncBN")
-        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
+        if unet:
+            assert cfg.MODEL.UNET.ENCODER == "plain" and cfg.MODEL.UNET.NORM in ("BN", "GN")
+        else:
+            assert cfg.MODEL.RESNETS.NORM in ("BN", "GN", "SyncBN")
+            assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
     model = build_model(cfg)
     assert next(model.parameters()).device == torch.device("cpu")
-    assert model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    heads = model if unet else model.roi_heads
+    assert heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def test_overrides_and_bad_input(tmp_path):
