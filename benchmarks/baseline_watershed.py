@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Classical nuclei baseline: Otsu threshold + distance-transform watershed (scikit-image).
 
-The reference a trained model has to beat (issue 8). For one image:
+The reference a trained model has to beat. For one image:
 
 1. grey = mean of the colour channels, smoothed with a Gaussian (``sigma``, px);
 2. Otsu threshold ``t``; foreground = ``grey > t``. **Polarity rule**: nuclei are a

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cellpose as a peer (issue 17): trained from scratch on nucdet's training images, scored
+"""Cellpose as a peer: trained from scratch on nucdet's training images, scored
 by nucdet's metric on nucdet's validation images.
 
     NUCDET_DATASETS=/work/shared/data .venv/bin/python benchmarks/bench_cellpose.py \

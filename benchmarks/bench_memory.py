@@ -1,5 +1,5 @@
 """Peak memory (RSS) of inference + fusion: 3000 detections on one image, and a 2000x2000
-image (issue 14).
+image.
 
     .venv/bin/python benchmarks/bench_memory.py [--json out.json] [--max-mb 2000]
 

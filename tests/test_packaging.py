@@ -1,4 +1,4 @@
-"""nucdet runs installed from its wheel, away from the repository (issue 18): the wheel is
+"""nucdet runs installed from its wheel, away from the repository: the wheel is
 built (``pip wheel --no-deps --no-build-isolation``, ``nucdet.tools.bundle_wheels``) and
 installed with ``pip install --target`` into a temporary folder; a fresh interpreter started
 in another temporary folder with ``-I -S`` (no site, so neither the venv's editable nucdet

@@ -1,7 +1,7 @@
 """Offline Kaggle bundle: one folder to upload as a Kaggle dataset for a code competition.
 
     python -m nucdet.tools.kaggle_bundle --model-dir output/r50 [--model-dir output/x101] \
-        [--ensemble configs/ensembles/r50_x101.yaml] --output dist/nucdet-bundle \
+        [--ensemble configs/ensembles/sartorius_r50_x101_tta.yaml] --output dist/nucdet-bundle \
         [--python-version 3.11] [--wheels-from wheelhouse/] [--offline] [--force]
     make kaggle-bundle BUNDLE_ARGS="--model-dir output/r50 --output dist/nucdet-bundle"
 

@@ -1,4 +1,4 @@
-"""Conversions that find no data fail (issue 14): a header-only Sartorius CSV, a DSB root
+"""Conversions that find no data fail: a header-only Sartorius CSV, a DSB root
 without images/ folders; a DSB sample folder without images/ is named, and left out only
 with --skip-bad; an existing good output is never replaced by an empty one."""
 

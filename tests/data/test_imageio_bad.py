@@ -1,4 +1,4 @@
-"""Image files that are not one whole 2-D image (issue 14): truncated PNG/JPEG/TIFF,
+"""Image files that are not one whole 2-D image: truncated PNG/JPEG/TIFF,
 channel-first and multi-page TIFFs. Each is an ImageReadError naming the file, or (a
 channel-first TIFF that says so) read as HxWxC with the same pixels."""
 

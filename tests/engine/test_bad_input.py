@@ -1,4 +1,4 @@
-"""train_net.py on bad input (issue 14): the config and every dataset name are checked
+"""train_net.py on bad input: the config and every dataset name are checked
 before anything is written, a folder's config.yaml is never replaced by another model's,
 and config / checkpoint errors name the key or the file."""
 

@@ -1,4 +1,4 @@
-"""The scorer and the Sartorius converter on hostile input (issue 14): NaN/inf scores, NUL
+"""The scorer and the Sartorius converter on hostile input: NaN/inf scores, NUL
 bytes, non-UTF-8 and empty files are errors naming the file (exit status 2 for the
 scorer); duplicate Sartorius rows and repeated --ids are converted once, with a warning."""
 

@@ -1,4 +1,4 @@
-"""Kill tests (issue 14): an inference job and a converter killed with SIGKILL at random
+"""Kill tests: an inference job and a converter killed with SIGKILL at random
 moments (fixed seeds) leave either the previous complete output or the new complete one,
 never a torn file, and a rerun ends with the byte-identical result of an uninterrupted run.
 

@@ -1,4 +1,4 @@
-"""Bad input and faults at inference (issue 14): predictions of another run are never
+"""Bad input and faults at inference: predictions of another run are never
 reused, weights that do not fit the config are an error, an unreadable image is named and
 loses nothing."""
 
@@ -111,7 +111,7 @@ def test_partial_file_without_fingerprint_is_not_reused(images, tmp_path):
 
 def test_weights_of_another_config_are_an_error(models, images, tmp_path, registered):
     a, _ = models
-    # The case of issue 14: config.yaml replaced by one with 3 classes, same weights.
+    # config.yaml replaced by one with 3 classes, same weights.
     c = make_model_dir(tmp_path / "c", 0, "MODEL.ROI_HEADS.NUM_CLASSES", "3")
     shutil.copy(a / "model_final.pth", c / "model_final.pth")
     with pytest.raises(CheckpointMismatchError, match=r"cls_score\.weight \(2, 512\) vs \(4, 512"):
