@@ -1,7 +1,8 @@
 """Kaggle MaP-IoU, the leaderboard metric of Sartorius, DSB2018 and TGS Salt.
 
 Definition (the Kaggle DSB2018 / Sartorius evaluation pages): at each threshold t in
-0.50, 0.55, ..., 0.95 a prediction matches a ground-truth object when IoU > t (strictly); matching is one-to-one;
+0.50, 0.55, ..., 0.95 a prediction matches a ground-truth object when IoU > t (strictly);
+matching is one-to-one;
 TP = matched pairs, FP = unmatched predictions, FN = unmatched ground-truth objects and
 precision(t) = TP / (TP + FP + FN). The image score is the mean of precision(t) over the
 thresholds; the dataset score is the mean of the image scores.
