@@ -15,6 +15,9 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(REPO))  # entry points (infer.py, ensemble_infer.py) are importable
+# the benchmark scripts are scripts, not a package: importable by module name (and their
+# sibling imports, e.g. ``from _common import ...``), as python does for the script it runs
+sys.path.append(str(REPO / "benchmarks"))
 # Keep converted COCO caches out of the user's ~/.cache during tests.
 os.environ.setdefault("NUCDET_CACHE", tempfile.mkdtemp(prefix="nucdet-test-cache-"))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
