@@ -6,10 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers.sartorius_fixture import make_sartorius_from_dsb
 
 from nucdet.data.dsb import dsb_to_coco
 from nucdet.data.labels import labels_to_coco
+from nucdet.data.samples import make_sartorius_from_dsb
 from nucdet.data.sartorius import SartoriusFormatError, sartorius_to_coco
 from nucdet.parallel import resolve_workers
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Instances, PolygonMasks
-from nucdet.engine.defaults import build_cfg
 
+from nucdet.config import build_cfg
 from nucdet.inference.predictor import Predictor
 from nucdet.modeling.unet import NucleiUNet
 

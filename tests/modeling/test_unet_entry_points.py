@@ -13,11 +13,11 @@ import yaml
 from conftest import TINY_OPTS, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
-from nucdet.engine.defaults import build_cfg
 
 import ensemble_infer
 import infer
 import train_net
+from nucdet.config import build_cfg
 from nucdet.engine.launch import parse_args
 from nucdet.io.rle import rle_decode
 
