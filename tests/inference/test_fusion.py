@@ -136,9 +136,16 @@ def test_nms_baselines():
 
 
 def _heads(method, n):
-    """For methods that re-run the mask heads: heads giving every box a 0.9 grid."""
+    """What a method needs besides the detections: for the methods that re-run the mask
+    heads, heads giving every box a 0.9 grid; for ``unet_fg_reweight``, input 0 as the
+    foreground model (``fg/...``) and the others as instance models."""
     from nucdet.inference.fusion import NEEDS_MASK_HEADS
 
+    if method == "unet_fg_reweight":
+        return {
+            "fg_models": ["fg"],
+            "names": ["fg/identity"] + [f"r{i}/identity" for i in range(1, n)],
+        }
     if method not in NEEDS_MASK_HEADS:
         return {}
     return {"mask_heads": [lambda b, c: np.full((len(b), 28, 28), 0.9, np.float32)] * n}
