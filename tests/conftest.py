@@ -74,3 +74,17 @@ def blob_image(shape: tuple[int, int]) -> np.ndarray:
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, 12)
         img += 150 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     return np.stack([img, img * 0.8, img * 1.1], -1).clip(0, 255).astype(np.uint8)
+
+
+def encode_masks(masks: np.ndarray, as_str: bool = True) -> list[dict]:
+    """pycocotools' own encoding of every (H, W) mask, ``counts`` as str or bytes: the
+    reference the RLE codec and matching tests compare against."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for m in masks:
+        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        if as_str:
+            r["counts"] = r["counts"].decode("ascii")
+        out.append(r)
+    return out

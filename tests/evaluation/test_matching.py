@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import encode_masks
 from pycocotools import mask as mask_utils
 
 from nucdet.evaluation.matching import (
@@ -19,16 +20,6 @@ from nucdet.evaluation.matching import (
     pairwise_overlaps,
 )
 from nucdet.structures import ImagePrediction
-
-
-def _encode(masks: np.ndarray, as_str: bool = True) -> list[dict]:
-    out = []
-    for m in masks:
-        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        if as_str:
-            r["counts"] = r["counts"].decode("ascii")
-        out.append(r)
-    return out
 
 
 def _dense_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
@@ -48,7 +39,7 @@ def test_from_rles_matches_pycocotools_on_random_masks():
         h, w = (int(v) for v in rng.integers(1, 30, 2))
         n = int(rng.integers(1, 6))
         masks = rng.random((n, h, w)) < rng.random()
-        rles = _encode(masks, as_str=bool(trial % 2))
+        rles = encode_masks(masks, as_str=bool(trial % 2))
         s = from_rles(rles, h, w)
         assert s.areas.tolist() == [int(m.sum()) for m in masks]
         ref = np.stack([mask_utils.decode(r) for r in rles]).astype(bool)
@@ -64,7 +55,7 @@ def test_from_rles_long_runs_and_negative_deltas():
     m[500:501, 10] = True  # then a run of 1 after a long gap
     m[:, 600:1100] = True  # a run of 500000
     m[7, 1199] = True
-    np.testing.assert_array_equal(from_rles(_encode(m[None])).masks()[0], m)
+    np.testing.assert_array_equal(from_rles(encode_masks(m[None])).masks()[0], m)
 
 
 def test_rle_uncompressed_counts_and_bytes():
@@ -72,7 +63,7 @@ def test_rle_uncompressed_counts_and_bytes():
     m[1:3, 1:3] = True
     # Column-major runs: 6 bg, 2 fg, 3 bg, 2 fg, rest bg.
     unc = {"size": [5, 4], "counts": [6, 2, 3, 2, 7]}
-    comp = _encode(m[None], as_str=False)[0]
+    comp = encode_masks(m[None], as_str=False)[0]
     for r in (unc, comp):
         np.testing.assert_array_equal(from_rles([r]).masks()[0], m)
     # Mixed counts types and numpy sizes take the per-mask path: same result.
@@ -112,7 +103,7 @@ def test_all_input_forms_agree():
     rng = np.random.default_rng(1)
     lab = rng.integers(0, 5, size=(9, 11))
     masks = np.stack([lab == k for k in range(1, 5)])
-    rles = _encode(masks)
+    rles = encode_masks(masks)
     pred = ImagePrediction("x", 9, 11, rles, np.ones(4), np.zeros(4))
     ref = from_label_image(lab).masks()
     for obj in (lab, masks, rles, pred, list(masks)):
@@ -155,7 +146,7 @@ def test_sparse_overlaps_equal_dense_counting(kind_a, kind_b):
                 lab, masks = _non_overlapping(masks)
                 sets.append((lab, masks))
             else:
-                sets.append((_encode(masks) if len(masks) else [], masks))
+                sets.append((encode_masks(masks) if len(masks) else [], masks))
         (obj_a, ma), (obj_b, mb) = sets
         if isinstance(obj_a, list) and not obj_a and isinstance(obj_b, list) and not obj_b:
             continue

@@ -5,6 +5,7 @@ brute-force run lengths, dense masks."""
 
 import numpy as np
 import pytest
+from conftest import encode_masks
 from pycocotools import mask as mask_utils
 
 from nucdet.io.rle import (
@@ -144,17 +145,6 @@ def test_areas_of_more_than_255_masks():
 # ---- COCO counts strings and the batched decoder -------------------------------------------
 
 
-def _encode(masks: np.ndarray, as_str: bool = True) -> list[dict]:
-    """pycocotools' own encoding of every mask, ``counts`` as str or bytes."""
-    out = []
-    for m in masks:
-        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        if as_str:
-            r["counts"] = r["counts"].decode("ascii")
-        out.append(r)
-    return out
-
-
 def _dense(pix: np.ndarray, areas: np.ndarray, h: int, w: int) -> np.ndarray:
     """(N, H, W) masks of decode_rle_pixels' column-major pixels, mask by mask."""
     out = np.zeros((len(areas), w * h), bool)
@@ -202,7 +192,7 @@ def test_rle_decoder_matches_pycocotools_on_random_masks():
         h, w = (int(v) for v in rng.integers(1, 30, 2))
         n = int(rng.integers(1, 6))
         masks = rng.random((n, h, w)) < rng.random()
-        rles = _encode(masks, as_str=bool(trial % 2))
+        rles = encode_masks(masks, as_str=bool(trial % 2))
         pix, areas = decode_rle_pixels(rles, h, w)
         assert areas.tolist() == [int(m.sum()) for m in masks]
         got = _dense(pix, areas, h, w)
@@ -219,7 +209,7 @@ def test_rle_decoder_long_runs_and_negative_deltas():
     m[500:501, 10] = True  # then a run of 1 after a long gap
     m[:, 600:1100] = True  # a run of 500000
     m[7, 1199] = True
-    rles = _encode(m[None])
+    rles = encode_masks(m[None])
     np.testing.assert_array_equal(_dense(*decode_rle_pixels(rles, h, w), h, w)[0], m)
     assert decode_rle_pixels(rles, h, w)[1].tolist() == [int(m.sum())]
 
@@ -229,7 +219,7 @@ def test_rle_uncompressed_counts_and_bytes():
     m[1:3, 1:3] = True
     # Column-major runs: 6 bg, 2 fg, 3 bg, 2 fg, rest bg.
     unc = {"size": [5, 4], "counts": [6, 2, 3, 2, 7]}
-    comp = _encode(m[None], as_str=False)[0]
+    comp = encode_masks(m[None], as_str=False)[0]
     for r in (unc, comp):
         np.testing.assert_array_equal(_dense(*decode_rle_pixels([r], 5, 4), 5, 4)[0], m)
     # Mixed counts types and numpy sizes take the per-mask path: same result.
@@ -239,7 +229,7 @@ def test_rle_uncompressed_counts_and_bytes():
 
 
 def test_rle_errors_name_the_mask():
-    good = _encode(np.ones((1, 4, 4), bool))[0]
+    good = encode_masks(np.ones((1, 4, 4), bool))[0]
     with pytest.raises(ValueError, match="mask 1: size"):
         decode_rle_pixels([good, {"size": [4, 5], "counts": good["counts"]}], 4, 4)
     with pytest.raises(ValueError, match="mask 1"):
@@ -255,7 +245,7 @@ def test_decode_rle_runs_are_the_foreground_runs():
     masks = np.zeros((3, 12), bool)
     masks[0, [1, 2, 5, 6, 7, 8]] = True
     masks[2, 11] = True
-    rles = _encode(masks.reshape(3, 3, 4).transpose(0, 2, 1))
+    rles = encode_masks(masks.reshape(3, 3, 4).transpose(0, 2, 1))
     starts, lengths, owner = decode_rle_runs(rles, 4, 3)
     assert starts.tolist() == [1, 5, 11]
     assert lengths.tolist() == [2, 4, 1]
