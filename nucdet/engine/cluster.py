@@ -347,7 +347,9 @@ def submit_training(main: Callable[[argparse.Namespace], Any], args: argparse.Na
         job.paths.stdout,
     )
     if not getattr(args, "no_wait", False):
-        job.result()
+        # A job of several tasks (one per machine) has one result per task: results()
+        # waits for them all and raises the first task's error.
+        job.results()
         logger.info("training job %s finished: %s", job.job_id, output_dir)
     return job
 
