@@ -22,6 +22,11 @@ same seeded init, and run interleaved (``--rounds`` rounds of ``--steps`` steps 
 after one untimed step), so the machine's load drifts hit them alike; reported: median
 seconds per step and the ratio to the config as it is.
 
+``precision`` (not in the default parts): the same timed steps for fp32, bf16 autocast
+(``SOLVER.AMP.ENABLED`` on the CPU), bf16 + channels_last weights, and fp32 +
+channels_last, with each step's total loss (same batches, same init: the bf16 losses
+should track fp32's). Only CPUs with ``amx_bf16`` / ``avx512_bf16`` run bf16 natively.
+
 ``accuracy`` (not in the default parts: ~10 minutes per run): ``train_net.py`` with the
 config and each cheaper variant named in ``--acc-variants`` for ``--acc-iters`` iterations
 on ``dsb2018_sample_train`` (one loader worker, same seed), evaluated once at the end on
@@ -75,7 +80,7 @@ COMMON = [
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
-    ap.add_argument("--part", default="data,heads", help="comma list of: data, heads, accuracy")
+    ap.add_argument("--part", default="data,heads", help="comma list of: data, heads, precision, accuracy")
     ap.add_argument("--data-iters", type=int, default=25, help="trainer iterations per run")
     ap.add_argument("--workers", default="0,1", help="DATALOADER.NUM_WORKERS values")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (heads)")
@@ -169,32 +174,43 @@ def fixed_batches(cfg, n: int) -> list[list[dict]]:
 
 
 class Step:
-    """One variant: model + optimizer built as the Trainer builds them, timed steps."""
+    """One variant: model + optimizer built as the Trainer builds them, timed steps.
 
-    def __init__(self, cfg, threads: int | None):
+    ``bf16``: the forward (and the losses) under CPU bf16 autocast, as
+    ``nucdet.engine.amp.CPUAMPTrainer`` runs it; ``channels_last``: the model's weights in
+    channels_last memory format (as ``SOLVER.AMP.ENABLED`` training on the CPU does)."""
+
+    def __init__(self, cfg, threads: int | None, bf16: bool = False, channels_last: bool = False):
         torch.manual_seed(0)
         self.model = Trainer.build_model(cfg)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.model.train()
         self.optimizer = Trainer.build_optimizer(cfg, self.model)
         self.threads = threads
+        self.bf16 = bf16
         self.times: list[float] = []
         self.forward: list[float] = []
+        self.losses: list[float] = []
 
     def __call__(self, batch: list[dict], record: bool = True) -> None:
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
-        losses = self.model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            losses = self.model(batch)
+            total = sum(losses.values())
         t1 = time.perf_counter()
         self.optimizer.zero_grad()
-        sum(losses.values()).backward()
+        total.float().backward()
         self.optimizer.step()
         t2 = time.perf_counter()
         torch.set_num_threads(before)
         if record:
             self.times.append(t2 - t0)
             self.forward.append(t1 - t0)
+            self.losses.append(float(total.detach()))
 
 
 def head_costs(args) -> list[dict]:
@@ -203,8 +219,25 @@ def head_costs(args) -> list[dict]:
     # The other thread count (1 <-> 2): on a shared machine it can matter more than heads.
     other = 2 if torch.get_num_threads() == 1 else 1
     variants[f"config as is, {other} torch thread{'s' if other > 1 else ''}"] = (base, other)
-    batches = fixed_batches(base, 1 + args.rounds * args.steps)
     steps = {k: Step(c, threads) for k, (c, threads) in variants.items()}
+    return interleaved(args, base, steps)
+
+
+def precision_costs(args) -> list[dict]:
+    """fp32 vs bf16 autocast vs bf16 + channels_last on the same batches, interleaved."""
+    base = _cfg(args)
+    steps = {
+        "fp32": Step(base, None),
+        "bf16 autocast": Step(base, None, bf16=True),
+        "bf16 autocast + channels_last": Step(base, None, bf16=True, channels_last=True),
+        "fp32 + channels_last": Step(base, None, channels_last=True),
+    }
+    return interleaved(args, base, steps)
+
+
+def interleaved(args, base, steps: dict[str, Step]) -> list[dict]:
+    """Time every variant on the same pre-mapped batches, round-robin (see the module doc)."""
+    batches = fixed_batches(base, 1 + args.rounds * args.steps)
     with EventStorage(0):  # the models log training statistics into it
         for s in steps.values():
             s(batches[0], record=False)  # first step: allocator and oneDNN warm-up
@@ -226,6 +259,7 @@ def head_costs(args) -> list[dict]:
                 "s_per_step": med,
                 "forward_s": statistics.median(s.forward),
                 "ratio": med / base_s,
+                "losses": s.losses,
             }
         )
     return rows
@@ -308,6 +342,16 @@ def main(argv=None) -> None:
             print(
                 f"| {r['variant']} | {r['s_per_step']:.2f} | {r['forward_s']:.2f} | "
                 f"{r['ratio']:.2f}x |"
+            )
+    if "precision" in parts:
+        rows = precision_costs(args)
+        print("\n| precision | s/step (median) | forward s | vs fp32 | losses of the steps |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            losses = " ".join(f"{x:.3f}" for x in r["losses"])
+            print(
+                f"| {r['variant']} | {r['s_per_step']:.2f} | {r['forward_s']:.2f} | "
+                f"{r['ratio']:.2f}x | {losses} |"
             )
     if "accuracy" in parts:
         rows = accuracy(args)
