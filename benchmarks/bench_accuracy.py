@@ -33,7 +33,8 @@ was picked on a subset of this same fold and would flatter it):
   averaged), with ``recipe+flipTTA``'s post-processing (``OTHER_FUSION``).
 
 Every model method writes a DSB submission (``ImageId,EncodedPixels``) under ``--work``;
-this script runs the command only when the submission is missing (``--force`` redoes it),
+this script runs the command only when the submission is missing (``--force`` deletes the
+method's output folder and redoes it),
 records the command and its wall time, reads every submission back with
 ``nucdet.io.readers.read_dsb_csv`` and scores all methods with the same
 ``nucdet.evaluation.mapiou.map_iou_dataset`` (groups = modality). Overlaps are removed by
@@ -63,6 +64,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -532,6 +534,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cmd = cmds[name]
         sub = Path(cmd[cmd.index("--output") + 1]) / SUBMISSION
         out["commands"][name] = " ".join(cmd)
+        if args.force and sub.parent.is_dir():
+            # infer.py / ensemble_infer.py resume a complete output of the same settings
+            # (they cannot see a change of nucdet's code): --force starts from nothing.
+            logger.info("%s: --force: removing %s", name, sub.parent)
+            shutil.rmtree(sub.parent)
         if args.force or not sub.is_file():
             logger.info("%s: %s", name, " ".join(cmd))
             t = time.perf_counter()

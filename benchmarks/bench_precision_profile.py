@@ -56,9 +56,7 @@ VARIANTS = ("fp32", "bf16", "bf16-nocl", "fp32-1t", "bf16-1t", "bf16-compile")
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument(
-        "--config", default="configs/dsb2018/mask_rcnn_R_50_FPN_GN_scratch_6k.yaml"
-    )
+    ap.add_argument("--config", default="configs/dsb2018/mask_rcnn_R_50_FPN_GN_scratch_6k.yaml")
     ap.add_argument("--model-dir", help="trained output dir instead (its config and weights)")
     ap.add_argument("--spread", type=float, default=8.0, help="class-logit scale (random init)")
     ap.add_argument("--variants", default="fp32,bf16,bf16-nocl,fp32-1t,bf16-1t,bf16-compile")

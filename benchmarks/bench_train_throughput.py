@@ -80,7 +80,9 @@ COMMON = [
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
-    ap.add_argument("--part", default="data,heads", help="comma list of: data, heads, precision, accuracy")
+    ap.add_argument(
+        "--part", default="data,heads", help="comma list of: data, heads, precision, accuracy"
+    )
     ap.add_argument("--data-iters", type=int, default=25, help="trainer iterations per run")
     ap.add_argument("--workers", default="0,1", help="DATALOADER.NUM_WORKERS values")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (heads)")
