@@ -6,6 +6,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+import nucdet.modeling  # noqa: F401  (registers NucleiUNet: the test must not depend on test order)
 from nucdet.config import build_cfg
 
 REPO = Path(__file__).resolve().parents[2]
