@@ -35,3 +35,13 @@ def stratified_subset(images: list[dict], size: int) -> list[dict]:
         chosen += by_mod[m][: quota[m]]
     chosen += by_mod[order[-1]][: size - len(chosen)]
     return chosen
+
+
+def comma_choices(text: str, allowed, flag: str) -> list[str]:
+    """The comma-separated names of ``text`` (blanks dropped), each one of ``allowed``;
+    an unknown name is an error naming ``flag``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ValueError(f"{flag}: {bad} not in {list(allowed)}")
+    return names

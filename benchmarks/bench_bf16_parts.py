@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import comma_choices
 from bench_accuracy import _sample_gt
 
 from nucdet.config import build_cfg
@@ -100,12 +101,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="test-time KEY VALUE overrides")
     args = ap.parse_args(argv)
-    names = [n for n in args.variants.split(",") if n]
+    names = comma_choices(args.variants, VARIANTS, "--variants")
     if "fp32" not in names:
         names.insert(0, "fp32")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
     md = Path(args.model_dir)
     register_all()
     gt, _ = _sample_gt(args.dataset, args.images)

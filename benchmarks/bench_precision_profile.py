@@ -36,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from _common import comma_choices
 from bench_predictor import cpu_line, images, setup, with_precision
 
 from nucdet.data.imageio import read_image
@@ -146,10 +147,7 @@ class Variant:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANTS]
-    if bad:
-        raise ValueError(f"--variants: {bad} not in {VARIANTS}")
+    names = comma_choices(args.variants, VARIANTS, "--variants")
     cfg = setup(args, Path("/tmp/nucdet-bench-profile"))
     cfg.freeze()
     print(f"config: {args.model_dir or args.config} {' '.join(args.opts)}")

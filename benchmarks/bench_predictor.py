@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import comma_choices
 from detectron2.engine import DefaultPredictor
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
@@ -181,10 +182,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"--precision: {bad} not in {PRECISIONS}")
+    precisions = comma_choices(args.precision, PRECISIONS, "--precision")
     cfg = setup(args, Path("/tmp/nucdet-bench-predictor"))
     cfg.freeze()
     d2 = DefaultPredictor(cfg)
