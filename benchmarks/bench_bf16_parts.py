@@ -9,8 +9,8 @@ Images: ``bench_accuracy.systematic_sample`` of ``--dataset`` (default
 ``TEST.PRECISION bf16`` (autocast + channels_last), in which the named modules run in fp32
 (their inputs cast to float32, autocast off inside them); scored after the config's
 post-processing (``POSTPROCESS.SCORE_THRESH`` / ``MIN_AREA``, overlaps removed), paired
-against the fp32 predictor with ``paired_difference``. ``bf16, GN fp32 (nucdet)`` is what
-nucdet's bf16 predictor runs (``nucdet.modeling.precision``); the variant ``bf16, GN bf16``
+against the fp32 predictor with ``paired_difference``. ``bf16/GN-fp32`` is what
+nucdet's bf16 predictor runs (``nucdet.modeling.precision``); the variant ``bf16/GN-bf16``
 undoes it to show what it fixes. The committed table is in
 ``benchmarks/results/precision_bf16.md``.
 """
@@ -38,14 +38,14 @@ from nucdet.modeling.precision import Fp32GroupNorm
 # variant -> parts left in fp32 (besides the variant "fp32", where all is)
 VARIANTS = {
     "fp32": None,
-    "bf16, GN bf16": [],
-    "bf16, GN bf16, mask head fp32": ["mask_head"],
-    "bf16, GN bf16, RPN fp32": ["rpn"],
-    "bf16, GN bf16, box head fp32": ["box_head"],
-    "bf16, GN bf16, heads fp32": ["rpn", "box_head", "mask_head"],
-    "bf16, GN bf16, bottom-up fp32": ["bottom_up"],
-    "bf16, GN bf16, backbone fp32": ["backbone"],
-    "bf16, GN fp32 (nucdet)": ["gn"],
+    "bf16/GN-bf16": [],
+    "bf16/GN-bf16/mask-head-fp32": ["mask_head"],
+    "bf16/GN-bf16/rpn-fp32": ["rpn"],
+    "bf16/GN-bf16/box-head-fp32": ["box_head"],
+    "bf16/GN-bf16/heads-fp32": ["rpn", "box_head", "mask_head"],
+    "bf16/GN-bf16/bottom-up-fp32": ["bottom_up"],
+    "bf16/GN-bf16/backbone-fp32": ["backbone"],
+    "bf16/GN-fp32": ["gn"],
 }
 
 
