@@ -6,7 +6,8 @@ the normalised values, then carry 8 bits of mantissa. CUDA's autocast keeps ``gr
 in fp32. Measured on 40 training images of ``dsb2018_fold0_train`` with the bf16 recipe
 model (``benchmarks/results/precision_bf16.md``): bf16 with GroupNorm in bf16 scored
 -0.021 MaP-IoU [-0.032, -0.012] below fp32, with GroupNorm in fp32 -0.0003 [-0.0029,
-+0.0017], and it was faster; running the RPN, box or mask head in fp32 did not help.
++0.0017] (at some cost in speed on GroupNorm-heavy heads); running the RPN, box or mask
+head in fp32 did not help.
 
 ``fp32_group_norms(model)`` makes every ``nn.GroupNorm`` of ``model`` (detectron2's GN is
 ``torch.nn.GroupNorm``) compute in fp32 from a float32 copy of its input and return fp32
@@ -27,8 +28,7 @@ class Fp32GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that computes in fp32 under autocast (and returns fp32)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
-            return super().forward(x)
+        # On an fp32 input outside autocast the casts are no-ops: nn.GroupNorm's forward.
         with torch.autocast(x.device.type, enabled=False):
             weight = None if self.weight is None else self.weight.float()
             bias = None if self.bias is None else self.bias.float()
