@@ -348,6 +348,29 @@ class Predictor:
         inst, _ = self._instances(inputs, mask_score_floor, keep)
         if keep is not None:
             keep["size"] = tuple(inst.image_size)
+        return self._detections(inst, h, w)
+
+    @torch.inference_mode()
+    def unet_maps(self, image_bgr: np.ndarray) -> dict[str, np.ndarray]:
+        """A NucleiUNet's probability maps of one BGR image (``NucleiUNet.probabilities``,
+        network resolution), for ``raw_from_unet_maps``: decoding settings swept on one
+        forward pass per image."""
+        if not hasattr(self.model, "decode_maps"):
+            raise ValueError(f"{type(self.model).__name__} is not a NucleiUNet: it has no maps")
+        keep: dict = {}
+        self._raw(image_bgr, float("-inf"), 1.0, keep)
+        return keep["maps"]
+
+    def raw_from_unet_maps(
+        self, maps: dict[str, np.ndarray], height: int, width: int, decode: dict | None = None
+    ) -> RawDetections:
+        """``raw`` of the image whose ``unet_maps`` these are (original size ``height`` x
+        ``width``), decoded with ``decode`` (``MODEL.UNET.DECODE`` keywords, lower case:
+        ``fg_thresh``, ...) instead of the config's; equal to ``raw`` with those settings."""
+        return self._detections(self.model.decode_maps(maps, decode), height, width)
+
+    def _detections(self, inst: Instances, h: int, w: int) -> RawDetections:
+        """Network-resolution ``inst`` as ``RawDetections`` of the h x w original image."""
         # Same box post-processing as detectron2's detector_postprocess.
         rh, rw = inst.image_size
         boxes = Boxes(inst.pred_boxes.tensor.clone())

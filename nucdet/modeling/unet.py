@@ -348,10 +348,17 @@ class NucleiUNet(nn.Module):
             maps.append({k: v[i, ..., :h, :w].cpu().numpy() for k, v in probs.items()})
         return maps
 
-    def decode_maps(self, maps: dict[str, np.ndarray]) -> Instances:
+    def decode_maps(self, maps: dict[str, np.ndarray], decode: dict | None = None) -> Instances:
         """Watershed instances of one image's probability maps, as Mask R-CNN's raw output
-        (``pred_masks``: (N, 1, M, M) grids), at most ``TEST.DETECTIONS_PER_IMAGE``."""
-        labels = watershed_instances(maps["fg"], maps["boundary"], maps["distance"], **self.decode)
+        (``pred_masks``: (N, 1, M, M) grids), at most ``TEST.DETECTIONS_PER_IMAGE``.
+
+        ``decode``: ``watershed_instances`` keywords replacing the config's
+        (``MODEL.UNET.DECODE``) for this call, e.g. to sweep them on stored maps."""
+        params = self.decode if decode is None else {**self.decode, **decode}
+        unknown = set(params) - set(self.decode)
+        if unknown:
+            raise KeyError(f"decode: unknown keys {sorted(unknown)}; known: {sorted(self.decode)}")
+        labels = watershed_instances(maps["fg"], maps["boundary"], maps["distance"], **params)
         det = labels_to_detections(labels, maps["fg"], maps.get("classes"), self.mask_grid)
         order = np.argsort(-det.scores, kind="stable")[: self.max_detections]
         inst = Instances(maps["fg"].shape)

@@ -133,3 +133,37 @@ def test_predictor_gives_raw_detections(repo):
     raw2, head = predictor.raw_with_mask_head(image)
     np.testing.assert_array_equal(raw2.boxes, raw.boxes)
     assert head(np.array([[0, 0, 10, 10]], np.float32), np.zeros(1)).shape == (1, m, m)
+
+
+def test_decoding_swept_on_stored_maps_equals_the_configured_model(repo):
+    """``Predictor.raw_from_unet_maps`` (one forward pass, then any decoding settings, as
+    bench_accuracy --sweep-unet uses it) gives exactly what a model configured with those
+    settings (``MODEL.UNET.DECODE.*``) gives; unknown keys are refused."""
+    torch.manual_seed(0)
+    cfg = unet_cfg(repo)
+    model = build_model(cfg)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)
+    settings = [
+        {"fg_thresh": 0.45, "boundary_thresh": 0.6, "marker_thresh": 0.1, "min_marker_area": 2},
+        {"fg_thresh": 0.55, "boundary_thresh": 0.4, "marker_thresh": 0.3, "min_marker_area": 4},
+    ]
+    with one_torch_thread():
+        predictor = Predictor(cfg, model=model)
+        maps = predictor.unet_maps(image)
+        counts = []
+        for dec in settings:
+            swept = predictor.raw_from_unet_maps(maps, 40, 52, dec)
+            opts = [x for k, v in dec.items() for x in (f"MODEL.UNET.DECODE.{k.upper()}", str(v))]
+            cfg2 = unet_cfg(repo, *opts)
+            other = build_model(cfg2)
+            other.load_state_dict(model.state_dict())
+            ref = Predictor(cfg2, model=other).raw(image)
+            assert len(swept) == len(ref)
+            for field in ("boxes", "scores", "classes", "mask_probs"):
+                np.testing.assert_array_equal(getattr(swept, field), getattr(ref, field))
+            counts.append(len(ref))
+    # the settings matter on this image (else the equality above would be vacuous)
+    assert counts[0] != counts[1] and min(counts) > 0, counts
+    with pytest.raises(KeyError, match="fg_thres"):
+        predictor.raw_from_unet_maps(maps, 40, 52, {"fg_thres": 0.5})
