@@ -64,6 +64,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,18 @@ METHOD_MEMBERS: dict[str, list[tuple[int, str]]] = {
     "ensemble+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
     # the same members as recipe+flipTTA, fused by re-running the mask head on the fused boxes
     "recipe+flipTTA+rerun": [(0, v) for v in FLIP_VIEWS.split(",")],
+    # across families (first model Mask R-CNN, second a NucleiUNet): the Mask R-CNN masks
+    # re-weighted by the U-Net's foreground (FUSION_OF below)
+    "fg_reweight": [(0, "identity"), (1, "identity")],
+    "fg_reweight+flipTTA": [(m, v) for m in (0, 1) for v in FLIP_VIEWS.split(",")],
 }
+# methods whose fusion differs from FUSION in more than the method (their YAML and their
+# --sweep-methods fusion alike); "alpha" is chosen on training images (FG_ALPHAS)
+FUSION_OF: dict[str, dict[str, Any]] = {
+    name: {"method": "unet_fg_reweight", "fg_models": ["m1"], "alpha": 0.5, "mode": "avg"}
+    for name in ("fg_reweight", "fg_reweight+flipTTA")
+}
+FG_ALPHAS = (0.25, 0.5, 0.75)
 # methods fused otherwise than FUSION["method"]; --sweep-methods cannot re-run mask heads on
 # stored detections, so each takes the post-processing chosen for the method named here
 OTHER_FUSION: dict[str, tuple[str, str]] = {
@@ -101,10 +113,16 @@ OTHER_FUSION: dict[str, tuple[str, str]] = {
 
 
 def ensemble_yaml(
-    path: Path, model_dirs: list[Path], views: str, fusion_method: str | None = None
+    path: Path,
+    model_dirs: list[Path],
+    views: str,
+    fusion_method: str | None = None,
+    fusion: dict[str, Any] | None = None,
+    model_opts: list[list[str]] | None = None,
 ) -> Path:
     """An ensemble spec (equal weights, each model's ``model_final.pth``) for
-    ``ensemble_infer.py --ensemble``; ``fusion_method`` replaces ``FUSION["method"]``."""
+    ``ensemble_infer.py --ensemble``; ``fusion_method`` replaces ``FUSION["method"]``,
+    ``fusion`` updates the fusion settings; ``model_opts[i]``: model i's own opts."""
     spec = {
         "models": [
             {
@@ -112,11 +130,16 @@ def ensemble_yaml(
                 "config": str(d / "config.yaml"),
                 "weights": str(d / "model_final.pth"),
                 "weight": 1.0,
+                **({"opts": list(model_opts[i])} if model_opts and model_opts[i] else {}),
             }
             for i, d in enumerate(model_dirs)
         ],
         "views": views.split(","),
-        "fusion": {**FUSION, **({"method": fusion_method} if fusion_method else {})},
+        "fusion": {
+            **FUSION,
+            **({"method": fusion_method} if fusion_method else {}),
+            **(fusion or {}),
+        },
         "format": "dsb",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,23 +157,34 @@ def method_commands(
     second: Path | None,
     opts: list[str],
     per_method: dict[str, list[str]] | None = None,
+    second_opts: list[str] | None = None,
+    per_method_fusion: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[str]]:
     """Command producing each model method's submission (``<work>/<method>/``); ``opts``
     (test-time ``KEY VALUE`` overrides) go to every command but ``recipe@train-settings``,
-    then ``per_method[name]`` (the post-processing chosen for that method on training
-    images by ``--sweep-methods``)."""
+    then ``second_opts`` to the second model only (e.g. a U-Net's decoding chosen by
+    ``--sweep-unet``), then ``per_method[name]`` (the post-processing chosen for that
+    method on training images by ``--sweep-methods``, with ``per_method_fusion[name]``,
+    its fusion settings, e.g. ``alpha``)."""
     py = sys.executable
     per_method = per_method or {}
+    per_method_fusion = per_method_fusion or {}
+    model_opts = [[], list(second_opts or [])]
 
-    def single(model: Path, out: str, name: str) -> list[str]:
-        extra = [] if name == "recipe@train-settings" else [*opts, *per_method.get(name, [])]
+    def single(model: Path, out: str, name: str, index: int = 0) -> list[str]:
+        extra = [] if name == "recipe@train-settings" else [
+            *opts, *model_opts[index], *per_method.get(name, [])]  # fmt: skip
         return [py, "infer.py", "--model-dir", str(model), "--weights",
                 str(model / "model_final.pth"), "--dataset", dataset, "--output",
                 str(work / out), "--format", "dsb", "--overlays", "0", *extra]  # fmt: skip
 
-    def ensemble(models: list[Path], views: list[str], out: str, name: str) -> list[str]:
+    def ensemble(
+        models: list[Path], used: list[int], views: list[str], out: str, name: str
+    ) -> list[str]:
         method, settings_of = OTHER_FUSION.get(name, (None, name))
-        spec = ensemble_yaml(work / f"{out}.yaml", models, ",".join(views), method)
+        fusion = {**FUSION_OF.get(name, {}), **per_method_fusion.get(settings_of, {})}
+        spec = ensemble_yaml(work / f"{out}.yaml", models, ",".join(views), method, fusion,
+                             [model_opts[i] for i in used])  # fmt: skip
         return [py, "ensemble_infer.py", "--ensemble", str(spec), "--dataset", dataset,
                 "--output", str(work / out), "--format", "dsb", "--overlays", "0",
                 *opts, *per_method.get(settings_of, [])]  # fmt: skip
@@ -164,11 +198,11 @@ def method_commands(
             continue
         out = name.lower().replace("+", "_")  # recipe+flipTTA -> recipe_fliptta
         if len(members) == 1 and members[0][1] == "identity":
-            cmds[name] = single(models[members[0][0]], out, name)
+            cmds[name] = single(models[members[0][0]], out, name, members[0][0])
         else:
             used = list(dict.fromkeys(m for m, _ in members))
             views = list(dict.fromkeys(v for _, v in members))
-            cmds[name] = ensemble([models[m] for m in used], views, out, name)
+            cmds[name] = ensemble([models[m] for m in used], used, views, out, name)
     return cmds
 
 
@@ -185,6 +219,13 @@ def settings_opts(sweep: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]
         ]  # fmt: skip
         for name, rows in sweep.items()
     }
+
+
+def settings_fusion(sweep: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The fusion settings (``alpha``) of each method's best ``sweep_methods`` row that
+    has them."""
+    return {name: {"alpha": rows[0]["alpha"]} for name, rows in sweep.items()
+            if "alpha" in rows[0]}  # fmt: skip
 
 
 def score_submission(path: Path, gt: Any, groups: dict[str, str]) -> dict[str, Any]:
@@ -312,14 +353,20 @@ def sweep_methods(
     mask_thresh: list[float],
     score_thresh: list[float],
     min_areas: list[int],
+    second_opts: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Per model method (``METHOD_MEMBERS``): MaP-IoU of every (mask_thresh, score_thresh,
-    min_area) on ``n_images`` of ``dataset`` (``systematic_sample``), rows best first.
+    """Per model method (``METHOD_MEMBERS``, or those of ``only``): MaP-IoU of every
+    (mask_thresh, score_thresh, min_area) on ``n_images`` of ``dataset``
+    (``systematic_sample``), rows best first; ``unet_fg_reweight`` methods also try every
+    ``alpha`` of ``FG_ALPHAS``.
 
-    Every model runs once per view and image (test-time ``opts`` applied, all masks kept);
-    each method fuses its members exactly as ``ensemble_infer.py`` does (``wbf_mask_vote``
-    with the settings of ``ensemble_yaml``; a single member is pasted, not fused), so a
-    fused method's score threshold is chosen on the fused scores it will be used with."""
+    Every model runs once per view and image that a method needs (test-time ``opts``
+    applied, then ``second_opts`` to the second model; all masks kept); each method fuses
+    its members exactly as ``ensemble_infer.py`` does (``FUSION`` updated by
+    ``FUSION_OF``, the settings of ``ensemble_yaml``; a single member is pasted, not
+    fused), so a fused method's score threshold is chosen on the fused scores it will be
+    used with."""
     from tqdm import tqdm
 
     from nucdet.config import build_cfg
@@ -335,37 +382,125 @@ def sweep_methods(
         for k, v in METHOD_MEMBERS.items()
         if max(m for m, _ in v) < len(model_dirs) and k not in OTHER_FUSION
     }
+    if only:
+        unknown = [k for k in only if k not in methods]
+        if unknown:
+            raise KeyError(f"--methods: {unknown} cannot be swept; sweepable: {list(methods)}")
+        methods = {k: methods[k] for k in only}
+    model_opts = [[], list(second_opts or [])]
     predictors = [
         Predictor(build_cfg(str(d / "config.yaml"),
-                            ["MODEL.WEIGHTS", str(d / "model_final.pth"), *opts]))
-        for d in model_dirs
+                            ["MODEL.WEIGHTS", str(d / "model_final.pth"), *opts, *model_opts[i]]))
+        for i, d in enumerate(model_dirs)
     ]  # fmt: skip
     views = {v.name: v for v in build_views(FLIP_VIEWS.split(","))}
-    fusion = {k: v for k, v in FUSION.items() if k != "method"}
+    needed = sorted({mv for members in methods.values() for mv in members})
     scores: dict[tuple, dict[str, float]] = {}
     for im in tqdm(gt.images, desc=f"sweep methods on {dataset}"):
         image = read_image(im.file_name)
         h, w = image.shape[:2]
-        raws = {
-            (m, name): view.invert(predictors[m].raw(view.apply(image)), (h, w))
-            for m in range(len(model_dirs))
-            for name, view in views.items()
-        }
+        raws = {(m, v): views[v].invert(predictors[m].raw(views[v].apply(image)), (h, w))
+                for m, v in needed}  # fmt: skip
         for method, members in methods.items():
-            for mt in mask_thresh:
-                if len(members) == 1:
-                    pred = raw_to_prediction(raws[members[0]], im.image_id, mt)
-                else:
-                    pred = fuse([raws[k] for k in members], [1.0] * len(members),
-                                method=FUSION["method"], image_id=im.image_id,
-                                names=[f"m{m}/{v}" for m, v in members], mask_thresh=mt,
-                                **fusion).prediction  # fmt: skip
-                _score_postprocessed(scores, (method, mt), pred, im, score_thresh, min_areas)
+            spec = {**FUSION, **FUSION_OF.get(method, {})}
+            alphas = FG_ALPHAS if spec["method"] == "unet_fg_reweight" else (None,)
+            for alpha in alphas:
+                fusion = {k: v for k, v in spec.items() if k != "method"}
+                if alpha is not None:
+                    fusion["alpha"] = alpha
+                for mt in mask_thresh:
+                    if len(members) == 1:
+                        pred = raw_to_prediction(raws[members[0]], im.image_id, mt)
+                    else:
+                        pred = fuse([raws[k] for k in members], [1.0] * len(members),
+                                    method=spec["method"], image_id=im.image_id,
+                                    names=[f"m{m}/{v}" for m, v in members], mask_thresh=mt,
+                                    **fusion).prediction  # fmt: skip
+                    key = (method, alpha, mt)
+                    _score_postprocessed(scores, key, pred, im, score_thresh, min_areas)
     out: dict[str, list[dict[str, Any]]] = {}
-    for (method, mt, st, ma), per in scores.items():
+    for (method, alpha, mt, st, ma), per in scores.items():
         row = {"mask_thresh": mt, "score_thresh": st, "min_area": ma, **_summary(per, groups)}
+        if alpha is not None:
+            row = {"alpha": alpha, **row}
         out.setdefault(method, []).append(row)
     return {k: sorted(v, key=lambda r: -r["MaP-IoU"]) for k, v in out.items()}
+
+
+# the --sweep-unet grid: decoding (MODEL.UNET.DECODE) x post-processing
+UNET_DECODE_GRID: dict[str, list[Any]] = {
+    "fg_thresh": [0.4, 0.5, 0.6],
+    "boundary_thresh": [0.3, 0.5, 0.7],
+    "marker_thresh": [0.2, 0.35, 0.5],
+}
+UNET_MASK_THRESH = [0.3, 0.4, 0.5]
+UNET_SCORE_THRESH = [0.0, 0.6, 0.7]
+UNET_MIN_AREAS = [0, 15, 30]
+
+
+def sweep_unet_decode(
+    model_dir: Path,
+    dataset: str,
+    n_images: int,
+    opts: list[str],
+    grid: dict[str, list[Any]] | None = None,
+    mask_thresh: list[float] | None = None,
+    score_thresh: list[float] | None = None,
+    min_areas: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """A NucleiUNet's decoding (``grid``: ``MODEL.UNET.DECODE`` keywords, default
+    ``UNET_DECODE_GRID``) x post-processing (mask threshold of the pasted grids, score
+    threshold, minimum area): MaP-IoU of every combination on ``n_images`` of ``dataset``
+    (``systematic_sample``), one forward pass per image (``Predictor.unet_maps``), rows best
+    first, each with the ``opts`` that select it (``unet_opts``)."""
+    import itertools
+
+    from tqdm import tqdm
+
+    from nucdet.config import build_cfg
+    from nucdet.data.imageio import read_image
+    from nucdet.inference.masks import raw_to_prediction
+    from nucdet.inference.predictor import Predictor
+
+    grid = dict(grid or UNET_DECODE_GRID)
+    gt, groups = _sample_gt(dataset, n_images)
+    cfg = build_cfg(str(model_dir / "config.yaml"),
+                    ["MODEL.WEIGHTS", str(model_dir / "model_final.pth"), *opts])  # fmt: skip
+    if cfg.MODEL.META_ARCHITECTURE != "NucleiUNet":
+        raise ValueError(f"--sweep-unet: {model_dir} is a {cfg.MODEL.META_ARCHITECTURE}, "
+                         "not a NucleiUNet")  # fmt: skip
+    predictor = Predictor(cfg)
+    combos = [dict(zip(grid, c)) for c in itertools.product(*grid.values())]
+    scores: dict[tuple, dict[str, float]] = {}
+    for im in tqdm(gt.images, desc=f"sweep U-Net decoding on {dataset}"):
+        image = read_image(im.file_name)
+        maps = predictor.unet_maps(image)
+        for dec in combos:
+            raw = predictor.raw_from_unet_maps(maps, image.shape[0], image.shape[1], dec)
+            for mt in mask_thresh or UNET_MASK_THRESH:
+                pred = raw_to_prediction(raw, im.image_id, mt)
+                _score_postprocessed(scores, (tuple(dec.values()), mt), pred, im,
+                                     score_thresh or UNET_SCORE_THRESH,
+                                     min_areas or UNET_MIN_AREAS)  # fmt: skip
+    rows = []
+    for (dec, mt, st, ma), per in scores.items():
+        decode = dict(zip(grid, dec))
+        row = {**decode, "mask_thresh": mt, "score_thresh": st, "min_area": ma}
+        rows.append({**row, **_summary(per, groups), "opts": unet_opts(decode, mt, st, ma)})
+    return sorted(rows, key=lambda r: -r["MaP-IoU"])
+
+
+def unet_opts(
+    decode: dict[str, Any], mask_thresh: float, score_thresh: float, min_area: int
+) -> list[str]:
+    """``KEY VALUE`` opts of a U-Net's decoding (``MODEL.UNET.DECODE.*``, from its
+    lower-case keywords) and post-processing."""
+    out = [x for k, v in decode.items() for x in (f"MODEL.UNET.DECODE.{k.upper()}", str(v))]
+    return out + [
+        "POSTPROCESS.MASK_THRESH", str(mask_thresh),
+        "POSTPROCESS.SCORE_THRESH", f"[{score_thresh}]",
+        "POSTPROCESS.MIN_AREA", f"[{min_area}]",
+    ]  # fmt: skip
 
 
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
@@ -430,6 +565,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--settings", help="JSON written by --sweep-methods: per-method settings")
     ap.add_argument(
+        "--sweep-unet", type=int, metavar="N",
+        help="N: choose a NucleiUNet's (--model-dir) decoding and post-processing on N "
+        "training images",
+    )  # fmt: skip
+    ap.add_argument(
+        "--second-opts", default="",
+        help="test-time KEY VALUE overrides of the second model only, one quoted string "
+        "(e.g. a U-Net's decoding: the 'opts' of the best --sweep-unet row)",
+    )  # fmt: skip
+    ap.add_argument(
         "--compare", nargs=2, metavar="FILE:METHOD",
         help="print the paired per-image difference A - B of two rows of result JSONs, exit",
     )  # fmt: skip
@@ -444,6 +589,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return d
     if not args.model_dir:
         ap.error("--model-dir is required (except with --compare)")
+    second_opts = shlex.split(args.second_opts)
+    if len(second_opts) % 2:
+        ap.error(f"--second-opts: KEY VALUE pairs, got {len(second_opts)} words")
+    if args.sweep_unet:
+        from nucdet.data.register import register_all
+        from nucdet.io.atomic import atomic_write_json
+
+        register_all()
+        t0 = time.perf_counter()
+        rows = sweep_unet_decode(
+            Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_unet, list(args.opts)
+        )
+        for r in rows[:10]:
+            print(" ".join(f"{k}={v:.3f}" for k, v in r.items() if k != "opts"))
+        print("best:", " ".join(rows[0]["opts"]))
+        out = {"model": args.model_dir, "dataset": args.sweep_dataset, "n_images": args.sweep_unet,
+               "test_opts": list(args.opts), "grid": UNET_DECODE_GRID,
+               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}  # fmt: skip
+        atomic_write_json(args.output, out, indent=1)
+        return out
     if args.sweep_train:
         from nucdet.data.register import register_all
         from nucdet.io.atomic import atomic_write_json
@@ -471,12 +636,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods = sweep_methods(
             dirs, args.sweep_dataset, args.sweep_methods, list(args.opts),
             mask_thresh=[0.5, 0.4], score_thresh=[0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
-            min_areas=[0, 15, 30],
+            min_areas=[0, 15, 30], second_opts=second_opts,
+            only=args.methods.split(",") if args.methods else None,
         )  # fmt: skip
         for name, rows in methods.items():
             print(name, " ".join(f"{k}={v:.3f}" for k, v in rows[0].items()))
         out = {"models": [str(d) for d in dirs], "dataset": args.sweep_dataset,
                "n_images": args.sweep_methods, "test_opts": list(args.opts),
+               "second_opts": second_opts,
                "seconds": round(time.perf_counter() - t0, 1), "methods": methods}  # fmt: skip
         atomic_write_json(args.output, out, indent=1)
         return out
@@ -521,12 +688,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: base[k] for k in ("MaP-IoU", "per_modality", "per_image") if k in base
     }
 
-    per_method = None
+    per_method = per_method_fusion = None
     if args.settings:
-        per_method = settings_opts(json.loads(Path(args.settings).read_text())["methods"])
-        out["settings"] = {"file": args.settings, "per_method": per_method}
-    cmds = method_commands(args.dataset, work, first, second, list(args.opts), per_method)
+        sweep = json.loads(Path(args.settings).read_text())
+        per_method = settings_opts(sweep["methods"])
+        per_method_fusion = settings_fusion(sweep["methods"])
+        if sweep.get("second_opts", []) != second_opts:
+            raise ValueError(
+                f"--settings {args.settings} was swept with --second-opts "
+                f"{sweep.get('second_opts', [])}, this run has {second_opts}: its settings "
+                "were not chosen for these models"
+            )
+        out["settings"] = {"file": args.settings, "per_method": per_method,
+                           "per_method_fusion": per_method_fusion}  # fmt: skip
+    cmds = method_commands(args.dataset, work, first, second, list(args.opts), per_method,
+                           second_opts, per_method_fusion)  # fmt: skip
     out["test_opts"] = list(args.opts)
+    out["second_opts"] = second_opts
     wanted = args.methods.split(",") if args.methods else list(cmds)
     for name in wanted:
         if name not in cmds:

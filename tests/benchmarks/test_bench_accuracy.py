@@ -92,3 +92,58 @@ def test_rerun_method_fuses_by_mask_head_rerun_with_the_flip_tta_settings(tmp_pa
     assert {k: v for k, v in spec["fusion"].items() if k != "method"} == {
         k: v for k, v in voted["fusion"].items() if k != "method"
     }
+
+
+def test_fg_reweight_method_routes_the_unet_foreground_and_its_own_opts(tmp_path):
+    """Across families: the second model (a U-Net) gets ``second_opts`` in its own
+    ``infer.py`` and as its member's ``opts`` in the fused YAMLs (never the first model's);
+    ``fg_reweight`` fuses by ``unet_fg_reweight`` with the second member (``m1``) as the
+    foreground source and the ``alpha`` chosen by the sweep; the YAML loads in
+    ``EnsembleSpec`` as ``ensemble_infer.py`` reads it."""
+    import yaml
+    from bench_accuracy import method_commands, settings_fusion
+
+    from nucdet.inference.ensemble import EnsembleSpec
+
+    dec = ["MODEL.UNET.DECODE.FG_THRESH", "0.4"]
+    sweep = {"fg_reweight": [{"alpha": 0.75, "mask_thresh": 0.4, "score_thresh": 0.8,
+                              "min_area": 15, "MaP-IoU": 0.6},
+                             {"alpha": 0.25, "mask_thresh": 0.5, "score_thresh": 0.8,
+                              "min_area": 15, "MaP-IoU": 0.5}],
+             "ensemble": [{"mask_thresh": 0.4, "score_thresh": 0.6, "min_area": 0,
+                           "MaP-IoU": 0.6}]}  # fmt: skip
+    fusion = settings_fusion(sweep)
+    assert fusion == {"fg_reweight": {"alpha": 0.75}}  # only rows that have an alpha
+    cmds = method_commands("ds", tmp_path, tmp_path / "rcnn", tmp_path / "unet",
+                           ["INPUT.MIN_SIZE_TEST", "576"], None, dec, fusion)  # fmt: skip
+    second, recipe = cmds["second"], cmds["recipe"]
+    assert second[second.index("--model-dir") + 1] == str(tmp_path / "unet")
+    assert second[-2:] == dec and "MODEL.UNET.DECODE.FG_THRESH" not in recipe
+    spec = yaml.safe_load((tmp_path / "fg_reweight.yaml").read_text())
+    assert spec["fusion"]["method"] == "unet_fg_reweight"
+    assert spec["fusion"]["fg_models"] == ["m1"] and spec["fusion"]["alpha"] == 0.75
+    assert [m["name"] for m in spec["models"]] == ["m0", "m1"]
+    assert "opts" not in spec["models"][0] and spec["models"][1]["opts"] == dec
+    assert spec["models"][1]["config"] == str(tmp_path / "unet" / "config.yaml")
+    voted = yaml.safe_load((tmp_path / "ensemble.yaml").read_text())
+    assert voted["fusion"]["method"] == "wbf_mask_vote" and voted["models"][1]["opts"] == dec
+    flip = yaml.safe_load((tmp_path / "fg_reweight_fliptta.yaml").read_text())
+    assert flip["views"] == ["identity", "hflip", "vflip"] and flip["fusion"]["alpha"] == 0.5
+    for s in (spec, voted, flip):
+        EnsembleSpec.from_dict(s, "test")
+
+
+def test_unet_opts_name_the_config_keys():
+    from bench_accuracy import unet_opts
+
+    from detectron2.config import get_cfg
+
+    from nucdet.config import add_nucdet_config
+
+    opts = unet_opts({"fg_thresh": 0.4, "marker_thresh": 0.35}, 0.3, 0.6, 15)
+    assert opts == ["MODEL.UNET.DECODE.FG_THRESH", "0.4", "MODEL.UNET.DECODE.MARKER_THRESH",
+                    "0.35", "POSTPROCESS.MASK_THRESH", "0.3", "POSTPROCESS.SCORE_THRESH",
+                    "[0.6]", "POSTPROCESS.MIN_AREA", "[15]"]  # fmt: skip
+    cfg = add_nucdet_config(get_cfg())
+    cfg.merge_from_list(opts)  # every key exists
+    assert cfg.MODEL.UNET.DECODE.MARKER_THRESH == 0.35 and cfg.POSTPROCESS.MIN_AREA == [15]
