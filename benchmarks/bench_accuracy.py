@@ -544,6 +544,28 @@ def compare(spec_a: str, spec_b: str) -> dict[str, Any]:
     return paired_difference(per[0], per[1])
 
 
+def compare_by_modality(spec_a: str, spec_b: str) -> dict[str, dict[str, Any]]:
+    """``compare`` within each modality: the images of each group of the ``modality_of``
+    map (image id -> modality) that result files of this script record; the first file
+    that has one is used, and a file without one is an error only if neither has it."""
+    per, modality_of = [], None
+    for spec in (spec_a, spec_b):
+        path, _, method = spec.rpartition(":")
+        data = json.loads(Path(path).read_text())
+        per.append(data["results"][method]["per_image"])
+        modality_of = modality_of or data.get("modality_of")
+    if modality_of is None:
+        raise ValueError(f"--compare: neither {spec_a} nor {spec_b} records modality_of")
+    missing = sorted(set(per[0]) - set(modality_of))
+    if missing:
+        raise KeyError(f"--compare: no modality for images {missing[:5]} ({len(missing)})")
+    out = {}
+    for m in sorted(set(modality_of[i] for i in per[0])):
+        ids = [i for i in per[0] if modality_of[i] == m]
+        out[m] = paired_difference({i: per[0][i] for i in ids}, {i: per[1][i] for i in ids})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dataset", default="dsb2018_fold0_val")
@@ -586,7 +608,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{args.compare[0]} - {args.compare[1]}: {d['mean']:+.4f} "
               f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}], better/worse {d['better']}/"
               f"{d['worse']} of {d['n']}")  # fmt: skip
-        return d
+        try:
+            groups = compare_by_modality(*args.compare)
+        except ValueError as e:  # older result files: overall only
+            logger.info("%s", e)
+            groups = {}
+        for m, g in groups.items():
+            print(f"  {m}: {g['mean']:+.4f} [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}], "
+                  f"better/worse {g['better']}/{g['worse']} of {g['n']}")  # fmt: skip
+        return {**d, "per_modality": groups}
     if not args.model_dir:
         ap.error("--model-dir is required (except with --compare)")
     second_opts = shlex.split(args.second_opts)
@@ -674,6 +704,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": args.dataset,
         "n_images": len(gt),
         "n_per_modality": n_per,
+        "modality_of": dict(sorted(groups.items())),
         "models": [str(first), str(second) if second else None],
         "machine": {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()},
         "commands": {},

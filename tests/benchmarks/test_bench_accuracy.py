@@ -135,7 +135,6 @@ def test_fg_reweight_method_routes_the_unet_foreground_and_its_own_opts(tmp_path
 
 def test_unet_opts_name_the_config_keys():
     from bench_accuracy import unet_opts
-
     from detectron2.config import get_cfg
 
     from nucdet.config import add_nucdet_config
@@ -147,3 +146,21 @@ def test_unet_opts_name_the_config_keys():
     cfg = add_nucdet_config(get_cfg())
     cfg.merge_from_list(opts)  # every key exists
     assert cfg.MODEL.UNET.DECODE.MARKER_THRESH == 0.35 and cfg.POSTPROCESS.MIN_AREA == [15]
+
+
+def test_compare_by_modality_pairs_images_within_each_modality(tmp_path):
+    from bench_accuracy import compare_by_modality
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    mod = {"x": "fluorescence", "y": "fluorescence", "z": "stained"}
+    a.write_text(json.dumps({"modality_of": mod, "results": {
+        "unet": {"per_image": {"x": 0.6, "y": 0.7, "z": 0.1}}}}))  # fmt: skip
+    b.write_text(json.dumps({"results": {"rcnn": {"per_image": {"x": 0.5, "y": 0.8, "z": 0.3}}}}))
+    g = compare_by_modality(f"{a}:unet", f"{b}:rcnn")
+    # by hand: fluorescence +0.1 and -0.1 (mean 0), stained -0.2
+    assert sorted(g) == ["fluorescence", "stained"]
+    assert g["fluorescence"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert (g["fluorescence"]["better"], g["fluorescence"]["worse"]) == (1, 1)
+    assert g["stained"]["mean"] == pytest.approx(-0.2) and g["stained"]["n"] == 1
+    with pytest.raises(ValueError, match="modality_of"):
+        compare_by_modality(f"{b}:rcnn", f"{b}:rcnn")
