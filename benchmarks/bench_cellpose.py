@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,8 +128,33 @@ def train_command(
         "--diam_mean", str(DIAM_MEAN), "--n_epochs", str(epochs),
         "--learning_rate", str(args.learning_rate), "--weight_decay", str(args.weight_decay),
         "--batch_size", str(args.batch_size), "--SGD", "0", "--min_train_masks", "1",
+        *(["--nimg_per_epoch", str(args.nimg_per_epoch)] if args.nimg_per_epoch else []),
         "--mask_filter", "_masks", "--model_name_out", name, "--verbose",
     ]  # fmt: skip
+
+
+# Cellpose 3's training log line at epochs 0, 5, 10, 20, ...: "<epoch>, train_loss=...,
+# time <seconds since the first epoch started>s"
+EPOCH_LINE = re.compile(r"\b(\d+), train_loss=\S+, test_loss=\S+, LR=\S+, time ([\d.]+)s")
+
+
+def epoch_times(log_text: str) -> list[tuple[int, float]]:
+    """``(epoch, seconds)`` of every Cellpose epoch line in ``log_text``, in order."""
+    return [(int(m.group(1)), float(m.group(2))) for m in EPOCH_LINE.finditer(log_text)]
+
+
+def calibrate(total: float, times: list[tuple[int, float]], epochs_run: int) -> tuple[float, float]:
+    """``(seconds per epoch, start-up seconds)`` of a calibration run of ``epochs_run``
+    epochs that took ``total`` wall seconds and logged ``times`` (``epoch_times``): the
+    epoch time from its first and last epoch lines (Cellpose's clock starts after it has
+    read the images and computed their flows, which is the start-up), the start-up the
+    rest of the wall time. Without two epoch lines, the whole run counts as epochs (an
+    over-estimate of the epoch time: fewer epochs, never a run over the budget)."""
+    if len(times) >= 2 and times[-1][0] > times[0][0]:
+        (e0, t0), (e1, t1) = times[0], times[-1]
+        per_epoch = (t1 - t0) / (e1 - e0)
+        return per_epoch, max(0.0, total - per_epoch * epochs_run)
+    return total / epochs_run, 0.0
 
 
 def predict_command(python: str, model: Path, val_dir: Path) -> list[str]:
@@ -203,7 +229,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--output", required=True)
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget (wall)")
     ap.add_argument("--epochs", type=int, help="fixed epochs instead of the budget")
-    ap.add_argument("--calib-epochs", type=int, default=2)
+    ap.add_argument(
+        "--calib-epochs", type=int, default=6,
+        help="epochs of the timed calibration run (Cellpose logs epochs 0 and 5: >= 6)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--nimg-per-epoch", type=int,
+        help="Cellpose's --nimg_per_epoch: images per epoch (default: all training images)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--learning-rate", type=float, default=0.005)  # Cellpose 3's default
     ap.add_argument("--weight-decay", type=float, default=1e-5)  # Cellpose 3's default
@@ -236,10 +269,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epochs = args.epochs
     else:
         calib = train_command(args.cellpose_python, train_dir, args.calib_epochs, "calib", args)
+        before = log.read_text(errors="replace") if log.is_file() else ""
         times["calibration"] = run_timed(calib, args.threads, log)
-        per_epoch = times["calibration"] / args.calib_epochs  # start-up counted: conservative
-        epochs = max(1, int((budget - times["calibration"]) / per_epoch))
-        logger.info("%.1f s per epoch: %d epochs fill the budget", per_epoch, epochs)
+        logged = epoch_times(log.read_text(errors="replace")[len(before) :])
+        per_epoch, startup = calibrate(times["calibration"], logged, args.calib_epochs)
+        # the main run pays the start-up again
+        epochs = max(1, int((budget - times["calibration"] - startup) / per_epoch))
+        times["calibration_seconds_per_epoch"] = per_epoch
+        times["calibration_startup"] = startup
+        logger.info("%.1f s per epoch, %.0f s start-up: %d epochs fill the budget",
+                    per_epoch, startup, epochs)  # fmt: skip
     cmd = train_command(args.cellpose_python, train_dir, epochs, "nucdet_scratch", args)
     times["training"] = run_timed(cmd, args.threads, log)
     model = trained_model(train_dir, "nucdet_scratch")
@@ -256,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "val": args.val,
         "n_train_images": len(train_gt),
         "epochs": epochs,
+        "nimg_per_epoch": args.nimg_per_epoch,
         "budget_minutes": args.minutes,
         "threads": args.threads,
         "commands": {

@@ -41,3 +41,24 @@ def test_cellpose_folder_holds_each_image_and_its_label_image(tmp_path):
 def test_a_python_without_cellpose_is_a_clear_error():
     with pytest.raises(RuntimeError, match="cannot import cellpose"):
         cellpose_version(sys.executable)  # nucdet's own environment has no Cellpose
+
+
+def test_calibration_separates_cellpose_start_up_from_its_epochs():
+    """The epoch time comes from Cellpose's own epoch lines (its clock starts after the
+    start-up: reading the images, computing flows); the rest of the wall time is start-up,
+    paid again by the main run. Lines as Cellpose 3.1.1.3 writes them."""
+    from bench_cellpose import calibrate, epoch_times
+
+    log = (
+        "2026-12-02 15:02:55,592 [INFO] 0, train_loss=1.7127, test_loss=0.0000, "
+        "LR=0.000000, time 17.50s\n"
+        "2026-12-02 15:04:20,100 [INFO] 5, train_loss=1.2000, test_loss=0.0000, "
+        "LR=0.002778, time 102.50s\n"
+    )
+    times = epoch_times(log)
+    assert times == [(0, 17.5), (5, 102.5)]
+    per_epoch, startup = calibrate(200.0, times, 6)
+    # by hand: (102.5 - 17.5) / 5 = 17 s per epoch; 200 - 6 * 17 = 98 s start-up
+    assert per_epoch == pytest.approx(17.0) and startup == pytest.approx(98.0)
+    # one epoch line: the whole run counts as epochs (over-estimate, never over budget)
+    assert calibrate(200.0, times[:1], 6) == (pytest.approx(200.0 / 6), 0.0)
