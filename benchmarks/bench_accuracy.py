@@ -592,6 +592,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "training images",
     )  # fmt: skip
     ap.add_argument(
+        "--unet-grid",
+        help="--sweep-unet grid as JSON: lists of MODEL.UNET.DECODE keywords (default "
+        "UNET_DECODE_GRID) and of mask_thresh / score_thresh / min_area",
+    )
+    ap.add_argument(
         "--second-opts", default="",
         help="test-time KEY VALUE overrides of the second model only, one quoted string "
         "(e.g. a U-Net's decoding: the 'opts' of the best --sweep-unet row)",
@@ -628,14 +633,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         register_all()
         t0 = time.perf_counter()
+        grid = json.loads(args.unet_grid) if args.unet_grid else {}
+        post = {k: grid.pop(k, default) for k, default in (
+            ("mask_thresh", UNET_MASK_THRESH), ("score_thresh", UNET_SCORE_THRESH),
+            ("min_area", UNET_MIN_AREAS))}  # fmt: skip
+        grid = grid or dict(UNET_DECODE_GRID)
         rows = sweep_unet_decode(
-            Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_unet, list(args.opts)
-        )
+            Path(args.model_dir).resolve(), args.sweep_dataset, args.sweep_unet, list(args.opts),
+            grid, post["mask_thresh"], post["score_thresh"], post["min_area"],
+        )  # fmt: skip
         for r in rows[:10]:
             print(" ".join(f"{k}={v:.3f}" for k, v in r.items() if k != "opts"))
         print("best:", " ".join(rows[0]["opts"]))
         out = {"model": args.model_dir, "dataset": args.sweep_dataset, "n_images": args.sweep_unet,
-               "test_opts": list(args.opts), "grid": UNET_DECODE_GRID,
+               "test_opts": list(args.opts), "grid": grid, "postprocess_grid": post,
                "seconds": round(time.perf_counter() - t0, 1), "rows": rows}  # fmt: skip
         atomic_write_json(args.output, out, indent=1)
         return out
