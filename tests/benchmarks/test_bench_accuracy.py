@@ -59,7 +59,13 @@ def test_compare_refuses_different_images(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["accuracy.json", "accuracy_both_cores.json", "accuracy_both_cores_seed2.json"]
+    "name",
+    [
+        "accuracy.json",
+        "accuracy_both_cores.json",
+        "accuracy_both_cores_seed2.json",
+        "accuracy_unet.json",
+    ],
 )
 def test_committed_differences_are_reproduced_from_their_per_image_scores(name):
     """Every committed ``vs_watershed`` (RESULTS.md's difference column) is what
