@@ -529,19 +529,30 @@ def compare(spec_a: str, spec_b: str) -> dict[str, Any]:
     """``paired_difference`` of two rows of result JSON files written by this script, each
     given as ``FILE:METHOD`` (e.g. a row of this run against a row of an earlier run on
     the same images); ``METHOD`` may be ``watershed``."""
-    per = []
-    for spec in (spec_a, spec_b):
-        path, sep, method = spec.rpartition(":")
-        if not sep:
-            raise ValueError(f"--compare {spec!r}: expected FILE:METHOD")
-        results = json.loads(Path(path).read_text())["results"]
-        if method not in results:
-            raise KeyError(f"--compare {spec!r}: {path} has no method {method!r}; "
-                           f"it has {list(results)}")  # fmt: skip
-        per.append(results[method]["per_image"])
+    per = [_per_image(spec)[0] for spec in (spec_a, spec_b)]
     if set(per[0]) != set(per[1]):
         raise ValueError(f"--compare: {spec_a} and {spec_b} scored different images")
     return paired_difference(per[0], per[1])
+
+
+def _per_image(spec: str) -> tuple[dict[str, float], dict | None]:
+    """``(per-image scores, modality_of or None)`` of ``FILE:METHOD``: a row of a result
+    file of this script, or with METHOD ``-`` a file of one result with a top-level
+    ``per_image`` (``infer.py``'s ``metrics.json``, ``bench_cellpose.py``'s
+    ``cellpose_metrics.json``)."""
+    path, sep, method = spec.rpartition(":")
+    if not sep:
+        raise ValueError(f"--compare {spec!r}: expected FILE:METHOD")
+    data = json.loads(Path(path).read_text())
+    if method == "-":
+        if "per_image" not in data:
+            raise KeyError(f"--compare {spec!r}: {path} has no top-level per_image")
+        return data["per_image"], data.get("modality_of")
+    results = data["results"]
+    if method not in results:
+        raise KeyError(f"--compare {spec!r}: {path} has no method {method!r}; "
+                       f"it has {list(results)}")  # fmt: skip
+    return results[method]["per_image"], data.get("modality_of")
 
 
 def compare_by_modality(spec_a: str, spec_b: str) -> dict[str, dict[str, Any]]:
@@ -550,10 +561,9 @@ def compare_by_modality(spec_a: str, spec_b: str) -> dict[str, dict[str, Any]]:
     that has one is used, and a file without one is an error only if neither has it."""
     per, modality_of = [], None
     for spec in (spec_a, spec_b):
-        path, _, method = spec.rpartition(":")
-        data = json.loads(Path(path).read_text())
-        per.append(data["results"][method]["per_image"])
-        modality_of = modality_of or data.get("modality_of")
+        scores, mods = _per_image(spec)
+        per.append(scores)
+        modality_of = modality_of or mods
     if modality_of is None:
         raise ValueError(f"--compare: neither {spec_a} nor {spec_b} records modality_of")
     missing = sorted(set(per[0]) - set(modality_of))

@@ -170,3 +170,23 @@ def test_compare_by_modality_pairs_images_within_each_modality(tmp_path):
     assert g["stained"]["mean"] == pytest.approx(-0.2) and g["stained"]["n"] == 1
     with pytest.raises(ValueError, match="modality_of"):
         compare_by_modality(f"{b}:rcnn", f"{b}:rcnn")
+
+
+def test_compare_takes_a_single_result_file_with_dash(tmp_path):
+    """``FILE:-``: a file of one result (bench_cellpose's cellpose_metrics.json, infer.py's
+    metrics.json) against a row of this script's files, per modality from the latter."""
+    from bench_accuracy import compare_by_modality
+
+    one, rows = tmp_path / "cellpose_metrics.json", tmp_path / "a.json"
+    one.write_text(json.dumps({"MaP-IoU": 0.4, "per_image": {"x": 0.2, "z": 0.6}}))
+    mods = {"x": "fluorescence", "z": "stained"}
+    rows.write_text(
+        json.dumps({"modality_of": mods, "results": {"m": {"per_image": {"x": 0.5, "z": 0.5}}}})
+    )
+    d = compare(f"{one}:-", f"{rows}:m")
+    assert d["mean"] == pytest.approx((-0.3 + 0.1) / 2)  # by hand
+    g = compare_by_modality(f"{one}:-", f"{rows}:m")
+    assert g["fluorescence"]["mean"] == pytest.approx(-0.3)
+    assert g["stained"]["mean"] == pytest.approx(0.1)
+    with pytest.raises(KeyError, match="no top-level per_image"):
+        compare(f"{rows}:-", f"{rows}:m")
