@@ -209,16 +209,19 @@ def method_commands(
 def settings_opts(sweep: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
     """The best row of each method of a ``sweep_methods`` result as ``KEY VALUE`` opts."""
     return {
-        name: [
-            "POSTPROCESS.MASK_THRESH",
-            str(rows[0]["mask_thresh"]),
-            "POSTPROCESS.SCORE_THRESH",
-            f"[{rows[0]['score_thresh']}]",
-            "POSTPROCESS.MIN_AREA",
-            f"[{rows[0]['min_area']}]",
-        ]  # fmt: skip
+        name: postprocess_opts(rows[0]["mask_thresh"], rows[0]["score_thresh"], rows[0]["min_area"])
         for name, rows in sweep.items()
     }
+
+
+def postprocess_opts(mask_thresh: float, score_thresh: float, min_area: int) -> list[str]:
+    """``KEY VALUE`` opts of one post-processing row (``POSTPROCESS.*``; the score threshold
+    and minimum area as one-element lists, one value for every class)."""
+    return [
+        "POSTPROCESS.MASK_THRESH", str(mask_thresh),
+        "POSTPROCESS.SCORE_THRESH", f"[{score_thresh}]",
+        "POSTPROCESS.MIN_AREA", f"[{min_area}]",
+    ]  # fmt: skip
 
 
 def settings_fusion(sweep: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -496,11 +499,7 @@ def unet_opts(
     """``KEY VALUE`` opts of a U-Net's decoding (``MODEL.UNET.DECODE.*``, from its
     lower-case keywords) and post-processing."""
     out = [x for k, v in decode.items() for x in (f"MODEL.UNET.DECODE.{k.upper()}", str(v))]
-    return out + [
-        "POSTPROCESS.MASK_THRESH", str(mask_thresh),
-        "POSTPROCESS.SCORE_THRESH", f"[{score_thresh}]",
-        "POSTPROCESS.MIN_AREA", f"[{min_area}]",
-    ]  # fmt: skip
+    return out + postprocess_opts(mask_thresh, score_thresh, min_area)
 
 
 def table(results: dict[str, dict[str, Any]], n_per: dict[str, int]) -> str:
