@@ -65,6 +65,7 @@ def test_compare_refuses_different_images(tmp_path):
         "accuracy_both_cores.json",
         "accuracy_both_cores_seed2.json",
         "accuracy_unet.json",
+        "accuracy_pair.json",
     ],
 )
 def test_committed_differences_are_reproduced_from_their_per_image_scores(name):
