@@ -643,6 +643,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         register_all()
         t0 = time.perf_counter()
         grid = json.loads(args.unet_grid) if args.unet_grid else {}
+        if not isinstance(grid, dict):
+            ap.error(f"--unet-grid: a JSON object of non-empty lists, got {args.unet_grid}")
+        bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+        if bad:
+            ap.error(f"--unet-grid: a JSON object of non-empty lists; not lists: {bad}")
         post = {k: grid.pop(k, default) for k, default in (
             ("mask_thresh", UNET_MASK_THRESH), ("score_thresh", UNET_SCORE_THRESH),
             ("min_area", UNET_MIN_AREAS))}  # fmt: skip

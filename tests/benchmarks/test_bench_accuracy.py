@@ -191,3 +191,15 @@ def test_compare_takes_a_single_result_file_with_dash(tmp_path):
     assert g["stained"]["mean"] == pytest.approx(0.1)
     with pytest.raises(KeyError, match="no top-level per_image"):
         compare(f"{rows}:-", f"{rows}:m")
+
+
+def test_unet_grid_of_a_scalar_stops_before_any_model_is_loaded(capsys):
+    """A grid value that is not a non-empty list (``{"fg_thresh": 0.4}``) is an argument
+    error naming the key, before the (here absent) model is read."""
+    from bench_accuracy import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--model-dir", "/nonexistent", "--sweep-unet", "4",
+              "--unet-grid", '{"fg_thresh": 0.4, "min_area": [30]}'])  # fmt: skip
+    assert e.value.code == 2
+    assert "fg_thresh" in capsys.readouterr().err
